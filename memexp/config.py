@@ -1,0 +1,139 @@
+"""Typed schemas for the config groups that are not registries (trainer, logger, metrics, paths)
+and for the root config, stored in Hydra's ConfigStore.
+
+Types are checked by OmegaConf when Hydra composes the config (``trainer.max_steps=abc`` fails
+there); value ranges are checked by each dataclass's ``check()`` at start-up, before anything is
+written, and reported as one line naming the key (see :mod:`memexp.errors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from memexp.errors import require
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class LRSchedule(Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class Progress(Enum):
+    auto = "auto"  # rich bar on a terminal, plain lines otherwise
+    rich = "rich"
+    plain = "plain"
+    off = "off"
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 500
+    epochs: int | None = None  # when set, overrides max_steps with epochs * steps per epoch
+    batch_size: int = 64
+    eval_every: int = 100  # 0: evaluate only at the end
+    eval_batch_size: int = 1024
+    eval_examples: int = 0  # 0: the whole held-out set; else cap both eval sets at this size
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: checkpoint only at the end
+    keep_checkpoints: int = 3
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Precision = Precision.fp32
+    compile: bool = False
+    lr_schedule: LRSchedule = LRSchedule.constant
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
+    grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
+    progress: Progress = Progress.auto
+
+    def check(self) -> None:
+        require(self.max_steps > 0, "max_steps", self.max_steps, "an integer > 0")
+        require(self.epochs is None or self.epochs > 0, "epochs", self.epochs, "null or an integer > 0")
+        require(self.batch_size > 0, "batch_size", self.batch_size, "an integer > 0")
+        require(self.eval_every >= 0, "eval_every", self.eval_every, "an integer >= 0 (0: only at the end)")
+        require(self.eval_batch_size > 0, "eval_batch_size", self.eval_batch_size, "an integer > 0")
+        require(self.eval_examples >= 0, "eval_examples", self.eval_examples, "an integer >= 0 (0: all)")
+        require(self.log_every > 0, "log_every", self.log_every, "an integer > 0")
+        require(self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        require(self.keep_checkpoints > 0, "keep_checkpoints", self.keep_checkpoints, "an integer > 0")
+        require(
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:"),
+            "device",
+            self.device,
+            "one of auto, cpu, cuda, cuda:N, mps",
+        )
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        require(self.grad_clip >= 0.0, "grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class WandbConfig:
+    # Offline unless the environment says otherwise: runs land in the run dir; `wandb sync` later.
+    mode: str = "${oc.env:WANDB_MODE,offline}"
+    project: str = "memexp"
+    entity: str | None = None
+    name: str | None = None  # default: the override string (multirun) or the run dir's name
+    group: str | None = None  # default: the sweep's name in a multirun
+    tags: list[str] = field(default_factory=list)
+    job_type: str = "train"
+    notes: str | None = None
+
+    def check(self) -> None:
+        require(self.mode in WANDB_MODES, "mode", self.mode, f"one of {', '.join(WANDB_MODES)}")
+        require(bool(self.project), "project", self.project, "a non-empty string")
+
+
+@dataclass
+class LoggerConfig:
+    # The local log (metrics.jsonl, summary.json) is always on; this group configures W&B.
+    wandb: WandbConfig | None = None
+
+    def check(self) -> None:
+        if self.wandb is not None:
+            self.wandb.check()
+
+
+@dataclass
+class MetricsConfig:
+    # Implicit-regularization metrics (issue 5) plug in here; `every: 0` computes none.
+    every: int = 0
+
+    def check(self) -> None:
+        require(self.every >= 0, "every", self.every, "an integer >= 0 (0: never)")
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+    data_root: str = "${oc.env:MEMEXP_DATA,'~/.cache/memexp'}"
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    seed: int = 0
+    optimizer: Any = MISSING
+    model: Any = MISSING
+    data: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: Any = None  # name of the preset in use, set by the preset itself
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,167 @@
+"""What every dataset hands to the training loop.
+
+A dataset builder (registered in :data:`DATASETS`) takes its config dataclass and the training
+device and returns a :class:`DataBundle`: a :class:`DataSpec` that the model builder reads (input
+shape, number of classes or vocabulary size, task), an endless training batch iterator with a
+resumable state, and two evaluation sets of the same size (a fixed subset of the training data and
+the held-out data) so the generalization gap compares like with like.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memexp.errors import ConfigValueError, require
+from memexp.registry import Registry
+
+
+@dataclass
+class DataConfig:
+    name: str = "?"
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str
+    task: str  # "classification" or "lm" (a key of memexp.tasks.TASKS)
+    input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8) for images or (block_size,) for text
+    num_classes: int  # classes, or the vocabulary size for language modelling
+
+
+class BatchIterator(ABC):
+    """Endless iterator over training batches whose position can be saved and restored."""
+
+    steps_per_epoch: int
+
+    @abstractmethod
+    def __next__(self) -> tuple[Tensor, Tensor]: ...
+
+    def __iter__(self) -> BatchIterator:
+        return self
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class DataBundle(ABC):
+    spec: DataSpec
+
+    @abstractmethod
+    def train_iterator(self, batch_size: int, seed: int) -> BatchIterator: ...
+
+    @abstractmethod
+    def eval_sets(self, max_examples: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{"train": (x, y), "val": (x, y)}`` with the same number of examples in each; the train
+        part is a fixed subset of the training data. ``max_examples > 0`` caps both."""
+
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class TensorBatchIterator(BatchIterator):
+    """Shuffled mini-batches drawn from tensors that already live on the training device.
+
+    Small datasets stay on the device, so a step costs one index_select instead of a DataLoader
+    round trip. Each epoch is a fresh permutation from a seeded generator; incomplete last batches
+    are dropped so every step sees ``batch_size`` examples.
+    """
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, seed: int, augment: Augment | None = None
+    ) -> None:
+        n = x.shape[0]
+        require(
+            0 < batch_size <= n, "trainer.batch_size", batch_size, f"an integer in [1, {n}] (training set size)"
+        )
+        self.x, self.y, self.batch_size, self.augment = x, y, batch_size, augment
+        self.steps_per_epoch = n // batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.augment_generator = torch.Generator(device=x.device).manual_seed(seed + 1)
+        self.epoch, self.position = 0, 0
+        self.order = torch.randperm(n, generator=self.generator).to(x.device)
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.position + self.batch_size > self.x.shape[0]:
+            self.order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.x.device)
+            self.epoch, self.position = self.epoch + 1, 0
+        index = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        x = self.x.index_select(0, index)
+        if self.augment is not None:
+            x = self.augment(x, self.augment_generator)
+        return x, self.y.index_select(0, index)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "order": self.order.cpu(),
+            "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+        self.order = state["order"].to(self.x.device)
+        self.generator.set_state(state["generator"])
+        self.augment_generator.set_state(state["augment_generator"])
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A deterministic train / held-out split of ``range(n)`` from ``seed``."""
+    n_val = round(n * val_fraction)
+    if not 0 < n_val < n:
+        raise ConfigValueError("data.val_fraction", val_fraction, f"a fraction leaving both splits non-empty (n={n})")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+class InMemoryClassification(DataBundle):
+    """Image (or any tensor) classification data held as tensors on the training device."""
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        train: tuple[Tensor, Tensor],
+        val: tuple[Tensor, Tensor],
+        augment: Augment | None = None,
+        eval_seed: int = 0,
+    ) -> None:
+        self.spec, self.train, self.val, self.augment = spec, train, val, augment
+        self.eval_seed = eval_seed
+
+    def train_iterator(self, batch_size: int, seed: int) -> BatchIterator:
+        return TensorBatchIterator(*self.train, batch_size=batch_size, seed=seed, augment=self.augment)
+
+    def eval_sets(self, max_examples: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
+        n = min(self.val[0].shape[0], self.train[0].shape[0])
+        if max_examples > 0:
+            n = min(n, max_examples)
+        # The same fixed subsets every time (and for every optimizer and seed): the split is part of
+        # the data, not of the run.
+        generator = torch.Generator().manual_seed(self.eval_seed)
+        train_index = torch.randperm(self.train[0].shape[0], generator=generator)[:n].sort().values
+        val_index = torch.randperm(self.val[0].shape[0], generator=generator)[:n].sort().values
+        device = self.train[0].device
+        train_index, val_index = train_index.to(device), val_index.to(device)
+        return {
+            "train": (self.train[0].index_select(0, train_index), self.train[1].index_select(0, train_index)),
+            "val": (self.val[0].index_select(0, val_index), self.val[1].index_select(0, val_index)),
+        }
+
+
+# A builder takes the dataset's config dataclass instance and the training device.
+DataBuilder = Callable[[Any, torch.device], DataBundle]
+DATASETS: Registry[DataBuilder] = Registry("data")

@@ -1,0 +1,94 @@
+"""What a model is trained to do: the loss, the evaluation metrics and the generalization gap.
+
+The task comes with the data (``DataSpec.task``). The loop and the gap work the same for every task:
+``gap/<metric> = val/<metric> - train/<metric>``, both measured by :func:`evaluate` in eval mode on
+equally sized sets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Task:
+    name: str
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        """Number of correct predictions in the batch and the number of predictions."""
+        raise NotImplementedError
+
+    def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"loss": loss, "acc": accuracy}
+
+    def gap(self, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
+        return {"loss": val["loss"] - train["loss"], "acc": val["acc"] - train["acc"]}
+
+
+class Classification(Task):
+    name = "classification"
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output.float(), target)
+
+    def correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        return (output.argmax(dim=-1) == target).sum(), target.numel()
+
+
+class LanguageModelling(Task):
+    """Next-token prediction: output (batch, time, vocab), target (batch, time)."""
+
+    name = "lm"
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.cross_entropy(output.float().flatten(0, -2), target.flatten())
+
+    def correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        return (output.argmax(dim=-1) == target).sum(), target.numel()
+
+    def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"loss": loss, "acc": accuracy, "ppl": math.exp(min(loss, 50.0))}
+
+    def gap(self, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
+        # The perplexity gap is a ratio: exp(val_loss - train_loss).
+        return {**super().gap(train, val), "ppl_ratio": val["ppl"] / train["ppl"]}
+
+
+TASKS: dict[str, Callable[[], Task]] = {"classification": Classification, "lm": LanguageModelling}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    autocast: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> dict[str, float]:
+    """Mean loss and accuracy over ``(x, y)`` in eval mode; restores the model's previous mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    count = 0
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            with autocast():
+                output = model(xb)
+            correct, n = task.correct(output, yb)
+            loss_sum += task.loss(output, yb).double() * n
+            correct_sum += correct
+            count += n
+    finally:
+        model.train(was_training)
+    return task.summarize((loss_sum / count).item(), (correct_sum / count).item())
