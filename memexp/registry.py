@@ -38,7 +38,7 @@ class Registry(Generic[BuilderT]):
             if config is not None:
                 from hydra.core.config_store import ConfigStore
 
-                ConfigStore.instance().store(group=self.group, name=f"{name}_schema", node=config)
+                ConfigStore.instance().store(group=f"schema/{self.group}", name=name, node=config)
             return builder
 
         return decorate
