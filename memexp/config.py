@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from memexp.errors import require
+from memexp.errors import ConfigValueError, require
 
 
 class Precision(Enum):
@@ -103,7 +103,10 @@ class LoggerConfig:
 
     def check(self) -> None:
         if self.wandb is not None:
-            self.wandb.check()
+            try:
+                self.wandb.check()
+            except ConfigValueError as error:
+                raise error.with_prefix("wandb") from None
 
 
 @dataclass

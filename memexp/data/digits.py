@@ -7,12 +7,15 @@ milliseconds and trains a model to a meaningful generalization gap in seconds on
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from memexp.data.base import DATASETS, DataConfig, DataSpec, InMemoryClassification, split_indices
-from memexp.errors import require
+from memexp.errors import DataNotFoundError, require
 
 
 @dataclass
@@ -25,13 +28,29 @@ class DigitsConfig(DataConfig):
         require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in (0, 1)")
 
 
+def digits_file() -> Path:
+    """The CSV that scikit-learn's ``load_digits`` reads, found without importing scikit-learn
+    (importing it costs seconds; reading the file costs milliseconds)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataNotFoundError("data=digits needs scikit-learn, which ships the digits file: pip install scikit-learn")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        raise DataNotFoundError(f"data=digits: {path} is missing; reinstall scikit-learn (pip install -U scikit-learn)")
+    return path
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (1797, 64) in 0..16, labels (1797,)), exactly what sklearn.datasets.load_digits returns."""
+    table = np.loadtxt(digits_file(), delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 @DATASETS.register("digits", config=DigitsConfig)
 def build_digits(cfg: DigitsConfig, device: torch.device) -> InMemoryClassification:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
-    labels = torch.tensor(digits.target, dtype=torch.long)
+    pixels, targets = load_digits_arrays()
+    images = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0  # (N, 1, 8, 8)
+    labels = torch.tensor(targets, dtype=torch.long)
     train_index, val_index = split_indices(len(labels), cfg.val_fraction, cfg.split_seed)
     # Normalise with the training split's statistics only.
     mean, std = images[train_index].mean(), images[train_index].std()

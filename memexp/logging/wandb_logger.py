@@ -39,8 +39,6 @@ class WandbLogger:
     ) -> None:
         import wandb
 
-        # Offline runs write under <run dir>/wandb/; keep W&B's own cache and config there too
-        # rather than in the user's home, so tests and sweeps leave nothing behind elsewhere.
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         self.run = wandb.init(
@@ -66,8 +64,7 @@ class WandbLogger:
         self.run.log({**metrics, "step": step}, step=step)
 
     def summary(self, summary: dict[str, Any]) -> None:
-        for key, value in summary.items():
-            self.run.summary[key] = value
+        self.run.summary.update(summary)
 
     def close(self) -> None:
         self.run.finish()
