@@ -167,7 +167,9 @@ def restore_training_state(run: Run, state: dict[str, Any]) -> int:
     return int(state["step"])
 
 
-def train(run: Run, run_dir: Path, loggers: list[MetricLogger], progress: ProgressReporter | None = None) -> dict[str, Any]:
+def train(
+    run: Run, run_dir: Path, loggers: list[MetricLogger], progress: ProgressReporter | None = None
+) -> dict[str, Any]:
     """The loop. Returns the summary (also written to ``summary.json``)."""
     trainer, started = run.cfg.trainer, time.perf_counter()
     checkpoints = ckpt.CheckpointManager(run_dir / "checkpoints", trainer.keep_checkpoints)
@@ -241,7 +243,9 @@ def train(run: Run, run_dir: Path, loggers: list[MetricLogger], progress: Progre
         logger.summary(summary)
     except BaseException as error:
         summary.update(
-            status="failed", step=step, error=f"{type(error).__name__}: {error}",
+            status="failed",
+            step=step,
+            error=f"{type(error).__name__}: {error}",
             wall_time_s=time.perf_counter() - started,
         )
         logger.summary(summary)

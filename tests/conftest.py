@@ -28,7 +28,9 @@ def memexp_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_memexp(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_memexp(
+    *args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`memexp <args>` exactly as a user runs it (the installed console script when present)."""
     script = Path(sys.executable).parent / "memexp"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "memexp.cli"]

@@ -76,8 +76,13 @@ def test_multirun_runs_each_job_in_its_own_dir_and_one_wandb_group(tmp_path: Pat
 
 def test_diverging_run_ends_with_status_diverged_and_exit_zero(tmp_path: Path) -> None:
     result = run_memexp(
-        "train", "optimizer.lr=1e6", "logger=none", "trainer.lr_schedule=constant", "trainer.warmup_steps=0",
-        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+        "train",
+        "optimizer.lr=1e6",
+        "logger=none",
+        "trainer.lr_schedule=constant",
+        "trainer.warmup_steps=0",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -88,7 +93,11 @@ def test_diverging_run_ends_with_status_diverged_and_exit_zero(tmp_path: Path) -
 
 def test_epochs_set_the_number_of_steps(tmp_path: Path) -> None:
     result = run_memexp(
-        "train", "trainer.epochs=2", "trainer.batch_size=100", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+        "train",
+        "trainer.epochs=2",
+        "trainer.batch_size=100",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'run'}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr

@@ -78,13 +78,9 @@ class TensorBatchIterator(BatchIterator):
     are dropped so every step sees ``batch_size`` examples.
     """
 
-    def __init__(
-        self, x: Tensor, y: Tensor, batch_size: int, seed: int, augment: Augment | None = None
-    ) -> None:
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, augment: Augment | None = None) -> None:
         n = x.shape[0]
-        require(
-            0 < batch_size <= n, "trainer.batch_size", batch_size, f"an integer in [1, {n}] (training set size)"
-        )
+        require(0 < batch_size <= n, "trainer.batch_size", batch_size, f"an integer in [1, {n}] (training set size)")
         self.x, self.y, self.batch_size, self.augment = x, y, batch_size, augment
         self.steps_per_epoch = n // batch_size
         self.generator = torch.Generator().manual_seed(seed)

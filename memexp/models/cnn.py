@@ -19,8 +19,12 @@ class CNNConfig(ModelConfig):
     dropout: float = 0.0
 
     def check(self) -> None:
-        require(len(self.channels) > 0 and all(c > 0 for c in self.channels), "channels", self.channels,
-                "a non-empty list of positive integers")
+        require(
+            len(self.channels) > 0 and all(c > 0 for c in self.channels),
+            "channels",
+            self.channels,
+            "a non-empty list of positive integers",
+        )
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
 
 
@@ -28,8 +32,9 @@ class CNN(nn.Module):
     """conv3x3 -> [norm] -> ReLU blocks, 2x2 max-pool after each block while the image is >= 4 px,
     then global average pooling and a linear classifier."""
 
-    def __init__(self, in_channels: int, image_size: int, channels: list[int], num_classes: int,
-                 batch_norm: bool, dropout: float):
+    def __init__(
+        self, in_channels: int, image_size: int, channels: list[int], num_classes: int, batch_norm: bool, dropout: float
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         size, width = image_size, in_channels
@@ -43,7 +48,9 @@ class CNN(nn.Module):
                 size //= 2
             width = out
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -51,7 +58,11 @@ class CNN(nn.Module):
 
 @MODELS.register("cnn", config=CNNConfig)
 def build_cnn(cfg: CNNConfig, spec: DataSpec) -> CNN:
-    require(spec.task == "classification" and len(spec.input_shape) == 3, "model", "cnn",
-            "an image classification dataset with (channels, height, width) inputs")
+    require(
+        spec.task == "classification" and len(spec.input_shape) == 3,
+        "model",
+        "cnn",
+        "an image classification dataset with (channels, height, width) inputs",
+    )
     channels, height, _ = spec.input_shape
     return CNN(channels, height, list(cfg.channels), spec.num_classes, cfg.batch_norm, cfg.dropout)

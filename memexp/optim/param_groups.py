@@ -13,7 +13,7 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.LocalResponseNorm,
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
-    *( (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else () ),
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
 
 
