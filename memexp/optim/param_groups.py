@@ -36,6 +36,16 @@ def _categories_by_param(model: nn.Module) -> dict[int, set[str]]:
     return categories
 
 
+def unique_trainable(model: nn.Module) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    params = []
+    for param in model.parameters():
+        if param.requires_grad and id(param) not in seen:
+            seen.add(id(param))
+            params.append(param)
+    return params
+
+
 def param_groups_weight_decay(
     model: nn.Module, weight_decay: float, no_decay: list[str] | tuple[str, ...]
 ) -> list[dict[str, Any]]:
@@ -43,6 +53,9 @@ def param_groups_weight_decay(
 
     Shared (tied) parameters appear once. Frozen parameters are left out. Empty groups are dropped.
     """
+    if weight_decay == 0:
+        # Nothing to exclude: one group, so the optimizer runs one fused update per step, not two.
+        return [{"params": unique_trainable(model), "weight_decay": 0.0}]
     categories = _categories_by_param(model)
     excluded = set(no_decay)
     decay, no_decay_params, seen = [], [], set()

@@ -1,0 +1,1 @@
+"""Implicit-regularization and local-geometry metrics: pure functions of model, loss and batch."""
