@@ -28,6 +28,11 @@ class LRSchedule(Enum):
     cosine = "cosine"
 
 
+class Resume(Enum):
+    auto = "auto"  # continue from the run dir's latest readable checkpoint, if there is one
+    never = "never"  # always start from step 0
+
+
 class Progress(Enum):
     auto = "auto"  # rich bar on a terminal, plain lines otherwise
     rich = "rich"
@@ -54,6 +59,7 @@ class TrainerConfig:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     progress: Progress = Progress.auto
+    resume: Resume = Resume.auto
 
     def check(self) -> None:
         require(self.max_steps > 0, "max_steps", self.max_steps, "an integer > 0")

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from memexp import checkpoint as ckpt
-from memexp.config import LoggerConfig, MetricsConfig, Precision, TrainerConfig, register_configs
+from memexp import sweep
+from memexp.config import LoggerConfig, MetricsConfig, Precision, Resume, TrainerConfig, register_configs
 from memexp.data import DATASETS, BatchIterator, DataBundle
 from memexp.errors import ConfigValueError, MemexpError
 from memexp.logging import LocalLogger, MetricLogger, MultiLogger
@@ -33,6 +34,7 @@ from memexp.logging.progress import ProgressReporter, print_summary_table
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.schedules import build_scheduler
+from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS, Task, evaluate
 
 CONFIG_GROUPS = ("optimizer", "model", "data", "trainer", "logger", "metrics")
@@ -147,9 +149,10 @@ def evaluate_gap(run: Run) -> dict[str, float]:
     return logged
 
 
-def training_state(run: Run, step: int) -> dict[str, Any]:
+def training_state(run: Run, step: int, wall_time_s: float = 0.0) -> dict[str, Any]:
     return {
         "step": step,
+        "wall_time_s": wall_time_s,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -174,10 +177,12 @@ def train(
     trainer, started = run.cfg.trainer, time.perf_counter()
     checkpoints = ckpt.CheckpointManager(run_dir / "checkpoints", trainer.keep_checkpoints)
     step = 0
-    resumed = checkpoints.load_latest(run.device)
+    resumed = checkpoints.load_latest(run.device) if trainer.resume is Resume.auto else None
     if resumed is not None:
         step = restore_training_state(run, resumed)
+        started -= resumed.get("wall_time_s", 0.0)  # wall time counts every attempt
     logger = MultiLogger(loggers)
+    logger.rewind(step)  # drop what a killed run logged after its last checkpoint
     summary: dict[str, Any] = {"status": "running", "step": step, "max_steps": run.max_steps, "run_dir": str(run_dir)}
     logger.summary(summary)
     progress = progress or ProgressReporter(run.max_steps, trainer.progress, start=step)
@@ -200,59 +205,70 @@ def train(
         return loss
 
     status, last_eval = "running", {}
-    try:
-        run.model.train()
-        while step < run.max_steps:
-            x, y = next(run.batches)
-            loss = run.optimizer.step(closure)
-            run.scheduler.step()
-            step += 1
-            loss_sum += loss.detach()  # no host sync here: the loss is read only at log steps
-            loss_count += 1
-            if step % trainer.log_every == 0 or step == run.max_steps:
-                batch_loss = (loss_sum / loss_count).item()
-                loss_sum.zero_()
-                loss_count = 0
-                lr = run.optimizer.param_groups[0]["lr"]
-                epoch = step / run.batches.steps_per_epoch
-                logger.log({"train/batch_loss": batch_loss, "lr": lr, "epoch": epoch}, step)
-                progress.update(step, batch_loss, lr)
-                if not math.isfinite(batch_loss):
-                    status = "diverged"
-                    progress.message(f"non-finite training loss ({batch_loss}) at step {step}: stopping (diverged)")
-                    break
-            if trainer.eval_every and step % trainer.eval_every == 0 and step < run.max_steps:
-                last_eval = evaluate_gap(run)
-                logger.log(last_eval, step)
-            if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and step < run.max_steps:
-                checkpoints.save(training_state(run, step), step)
-        last_eval = evaluate_gap(run)
-        logger.log(last_eval, step)
-        if status == "running":
-            status = "finished" if all(math.isfinite(v) for v in last_eval.values()) else "diverged"
-        if status == "finished":
-            checkpoints.save(training_state(run, step), step)
-        elapsed = time.perf_counter() - started
-        summary.update(
-            status=status,
-            step=step,
-            wall_time_s=elapsed,
-            lr=run.optimizer.param_groups[0]["lr"],
-            **last_eval,
-        )
-        logger.summary(summary)
-    except BaseException as error:
-        summary.update(
-            status="failed",
-            step=step,
-            error=f"{type(error).__name__}: {error}",
-            wall_time_s=time.perf_counter() - started,
-        )
-        logger.summary(summary)
-        raise
-    finally:
-        progress.close()
-        logger.close()
+    with GracefulStop() as stop:
+        try:
+            run.model.train()
+            while step < run.max_steps:
+                x, y = next(run.batches)
+                loss = run.optimizer.step(closure)
+                run.scheduler.step()
+                step += 1
+                loss_sum += loss.detach()  # no host sync here: the loss is read only at log steps
+                loss_count += 1
+                if step % trainer.log_every == 0 or step == run.max_steps:
+                    batch_loss = (loss_sum / loss_count).item()
+                    loss_sum.zero_()
+                    loss_count = 0
+                    lr = run.optimizer.param_groups[0]["lr"]
+                    epoch = step / run.batches.steps_per_epoch
+                    logger.log({"train/batch_loss": batch_loss, "lr": lr, "epoch": epoch}, step)
+                    progress.update(step, batch_loss, lr)
+                    if not math.isfinite(batch_loss):
+                        status = "diverged"
+                        progress.message(f"non-finite training loss ({batch_loss}) at step {step}: stopping (diverged)")
+                        break
+                if trainer.eval_every and step % trainer.eval_every == 0 and step < run.max_steps:
+                    last_eval = evaluate_gap(run)
+                    logger.log(last_eval, step)
+                if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and step < run.max_steps:
+                    checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+                if stop.pending is not None and step < run.max_steps:
+                    # Preemption / time limit: checkpoint a consistent state, then let the scheduler act.
+                    checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+                    summary.update(step=step, stopped_by=stop.name, wall_time_s=time.perf_counter() - started)
+                    logger.summary(summary)
+                    progress.message(f"{stop.name} at step {step}: checkpoint saved")
+                    stop.forward()
+            last_eval = evaluate_gap(run)
+            logger.log(last_eval, step)
+            if status == "running":
+                status = "finished" if all(math.isfinite(v) for v in last_eval.values()) else "diverged"
+            if status == "finished":
+                checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+            summary.update(
+                status=status,
+                step=step,
+                wall_time_s=time.perf_counter() - started,
+                lr=run.optimizer.param_groups[0]["lr"],
+                **last_eval,
+            )
+            summary.pop("stopped_by", None)
+            logger.summary(summary)
+        except BaseException as error:
+            # A stop requested by a signal (the scheduler requeues, or the user stops) leaves the
+            # run resumable, status "running"; anything else is a failure.
+            if not (stop.forwarding or isinstance(error, Interrupted)):
+                summary.update(
+                    status="failed",
+                    step=step,
+                    error=f"{type(error).__name__}: {error}",
+                    wall_time_s=time.perf_counter() - started,
+                )
+                logger.summary(summary)
+            raise
+        finally:
+            progress.close()
+            logger.close()
     return summary
 
 
@@ -299,6 +315,7 @@ def open_loggers(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path) -> list[Met
 
 def run_job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -309,7 +326,30 @@ def run_job(cfg: DictConfig) -> float | None:
         remove_fresh_run_dir(run_dir, hydra_cfg.job.name)
         print(f"memexp: error: {error}", file=sys.stderr)
         sys.exit(2)
-    summary = train(run, run_dir, open_loggers(cfg, run_cfg, run_dir))
+    key = sweep.job_key(cfg)
+    (run_dir / sweep.KEY_FILE).write_text(key + "\n")
+    fresh = not (run_dir / "checkpoints").is_dir()
+    if hydra_cfg.mode == RunMode.MULTIRUN and fresh and run_cfg.trainer.resume is Resume.auto:
+        # Re-running a sweep: reuse a finished job with the same key, or resume an interrupted one.
+        sweeps_root = Path(cfg.paths.output_root) / cfg.task_name / "multiruns"
+        previous = sweep.find_previous(sweeps_root, key, exclude=run_dir)
+        if previous is not None:
+            sweep.adopt_previous(previous, run_dir)
+            if previous.status == "finished":
+                print(f"memexp: job already finished in {previous.run_dir}; reusing its results")
+                summary = sweep.read_summary(run_dir) or {}
+                value = summary.get("val/loss")
+                return value if isinstance(value, float) else None
+            print(f"memexp: resuming the interrupted job in {previous.run_dir}")
+    try:
+        summary = train(run, run_dir, open_loggers(cfg, run_cfg, run_dir))
+    except Interrupted as stopped:
+        print(
+            f"memexp: {stopped}; checkpoint saved in {run_dir / 'checkpoints'}; run the same command "
+            f"with hydra.run.dir={run_dir} to resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + stopped.signum)
     if run_cfg.trainer.progress.value != "off":
         print_summary_table(summary)
     value = summary.get("val/loss")
@@ -321,6 +361,18 @@ def hydra_app(cfg: DictConfig) -> float | None:
     return run_job(cfg)
 
 
-def main() -> None:
+def main() -> int:
+    """`memexp train`: run the Hydra app; after a sweep, report every job's real status and exit
+    non-zero if any job failed or never finished (whatever the launcher reported)."""
     register_configs()
-    hydra_app()
+    code = 0
+    try:
+        hydra_app()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    if sweep.CURRENT_SWEEP is not None:
+        sweep_dir, expected = sweep.CURRENT_SWEEP
+        not_ended = sweep.report_sweep(sweep_dir, expected)
+        if not_ended and code == 0:
+            code = 1
+    return code

@@ -39,6 +39,12 @@ class MultiLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._call("log", metrics, step)
 
+    def rewind(self, step: int) -> None:
+        """Forget events logged after ``step`` (a resumed run repeats them), where a backend can."""
+        for backend in self.backends:
+            if hasattr(backend, "rewind"):
+                backend.rewind(step)
+
     def summary(self, summary: dict[str, Any]) -> None:
         self._call("summary", summary)
 

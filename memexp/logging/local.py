@@ -16,10 +16,24 @@ class LocalLogger:
     def __init__(self, run_dir: Path) -> None:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.summary_path = run_dir / "summary.json"
-        self._handle = self.metrics_path.open("a", buffering=1 << 16)
+        self._handle = self.metrics_path.open("a", buffering=1)  # line-buffered: `tail -f` works
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._handle.write(json.dumps(json_ready({"step": step, **metrics})) + "\n")
+
+    def rewind(self, step: int) -> None:
+        """Drop events with a step after ``step``: a run resumed from a checkpoint logs them again."""
+        self._handle.flush()
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step
+        ]
+        self._handle.close()
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.metrics_path)
+        self._handle = self.metrics_path.open("a", buffering=1)  # line-buffered: `tail -f` works
 
     def flush(self) -> None:
         self._handle.flush()
