@@ -331,7 +331,7 @@ def run_job(cfg: DictConfig) -> float | None:
     fresh = not (run_dir / "checkpoints").is_dir()
     if hydra_cfg.mode == RunMode.MULTIRUN and fresh and run_cfg.trainer.resume is Resume.auto:
         # Re-running a sweep: reuse a finished job with the same key, or resume an interrupted one.
-        sweeps_root = Path(cfg.paths.output_root) / cfg.task_name / "multiruns"
+        sweeps_root = (Path(cfg.paths.output_root) / cfg.task_name / "multiruns").resolve()
         previous = sweep.find_previous(sweeps_root, key, exclude=run_dir)
         if previous is not None:
             sweep.adopt_previous(previous, run_dir)
