@@ -15,6 +15,7 @@ import sys
 # name -> (module, function, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("memexp.train", "main", "train one run, or a sweep with -m (Hydra overrides: optimizer=lion seed=1)"),
+    "plan": ("memexp.plan", "main", "print the jobs `train -m <same overrides>` would run (and the sbatch script)"),
 }
 
 USAGE = """usage: memexp <command> [args...]
@@ -29,6 +30,7 @@ commands:
   memexp train                                   # default model on the offline default data
   memexp train optimizer=adamw model=cnn seed=1  # Hydra overrides
   memexp train -m optimizer=sgd,adamw seed=0,1   # a sweep of 4 runs
+  memexp plan hydra/launcher=slurm optimizer=sgd,adamw seed=0,1  # what that sweep would submit
 """
 
 COMPLETION_FLAGS = ("-sc", "--shell-completion")

@@ -29,11 +29,14 @@ NON_RESULT_TRAINER_KEYS = ("progress", "log_every", "checkpoint_every", "keep_ch
 
 
 def job_key(cfg: DictConfig) -> str:
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    for key in NON_RESULT_KEYS:
-        container.pop(key, None)
+    container: dict[str, Any] = {}
+    for key in cfg:
+        if key == "hydra" or key in NON_RESULT_KEYS:
+            continue
+        value = cfg[key]
+        container[str(key)] = (
+            OmegaConf.to_container(value, resolve=True, enum_to_str=True) if OmegaConf.is_config(value) else value
+        )
     trainer = dict(container.get("trainer", {}))
     for key in NON_RESULT_TRAINER_KEYS:
         trainer.pop(key, None)

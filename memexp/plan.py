@@ -1,0 +1,110 @@
+"""`memexp plan <overrides>`: what `memexp train -m <overrides>` would run, without running it.
+
+The jobs come from the same machinery Hydra uses for a sweep (its config loader and the basic
+sweeper's expansion of ``a=1,2 b=x,y``), so each job's config is composed exactly as for training
+and bad overrides fail the same way. For each job the plan prints its overrides, its job key and
+what a re-run would do (run / reuse a finished job / resume an interrupted one). With a submitit
+launcher (``hydra/launcher=slurm``) it also prints the sbatch script submitit would submit, built
+by submitit itself from the launcher settings. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import filter_overrides
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from memexp import sweep
+
+
+def compose_jobs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
+    """The sweep-level config and (overrides, config) for every job of ``train -m <overrides>``."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from memexp.train import config_dir, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=create_config_search_path(config_dir()))
+    cfg = hydra.compose_config("train", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    task_overrides = list(cfg.hydra.overrides.task)
+    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
+    jobs = [(list(job), hydra.config_loader.load_sweep_config(cfg, list(job))) for batch in batches for job in batch]
+    return cfg, jobs
+
+
+def submission_script(launcher: dict[str, Any], choice: str, num_jobs: int) -> str:
+    """The script submitit would write, built by submitit itself from the launcher's settings."""
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cluster = "slurm" if "partition" in launcher else "local"
+    params = dict(launcher)
+    folder = params.pop("submitit_folder")
+    init = {f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {}
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **init)
+    generic = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in generic else f"{cluster}_{k}": v for k, v in params.items()})
+    inner = executor._executor
+    if cluster != "slurm":
+        command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {folder}"
+        return f"# {num_jobs} local processes, each running:\n{command}"
+    inner.parameters["map_count"] = num_jobs
+    try:
+        return inner._make_submission_file_text(inner._submitit_command_str, uid="plan")
+    finally:
+        inner.parameters.pop("map_count", None)
+
+
+def main() -> int:
+    """`memexp plan <overrides>`."""
+    from memexp.errors import MemexpError
+
+    overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+    if any(a in ("-h", "--help") for a in overrides):
+        print("usage: memexp plan <the overrides of memexp train -m ...>\n\n" + (__doc__ or ""))
+        return 0
+    try:
+        cfg, jobs = compose_jobs(overrides)
+        for _, job_cfg in jobs:
+            from memexp.train import check_config
+
+            check_config(job_cfg)
+    except MemexpError as error:
+        print(f"memexp: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - Hydra's composition errors: one clear message
+        print(f"memexp: error: {error}", file=sys.stderr)
+        return 1
+    choice = cfg.hydra.runtime.choices.get("hydra/launcher", "basic")
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    sweeps_root = (Path(str(cfg.paths.output_root)) / str(cfg.task_name) / "multiruns").resolve()
+    table = Table(title=f"memexp plan: {len(jobs)} jobs, launcher {choice}, sweep dir {sweep_dir}")
+    for column in ("job", "overrides", "job key", "on this run"):
+        table.add_column(column)
+    for index, (job_overrides, job_cfg) in enumerate(jobs):
+        key = sweep.job_key(job_cfg)
+        previous = sweep.find_previous(sweeps_root, key, exclude=sweep_dir / "__planned__")
+        action = "train"
+        if previous is not None:
+            action = f"{'reuse' if previous.status == 'finished' else 'resume'} {previous.run_dir}"
+        table.add_row(str(index), " ".join(filter_overrides(job_overrides)), key, action)
+    Console(width=200).print(table)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert isinstance(launcher, dict)
+    launcher.pop("_target_", None)
+    if "submitit_folder" in launcher:
+        print(f"\n# what submitit submits ({choice}):")
+        print(submission_script(launcher, choice, len(jobs)))
+    return 0
