@@ -52,6 +52,7 @@ class TrainerConfig:
     checkpoint_every: int = 0  # 0: checkpoint only at the end
     keep_checkpoints: int = 3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    devices: int = 1  # data-parallel processes on this node (torchrun; one GPU each on CUDA)
     precision: Precision = Precision.fp32
     compile: bool = False
     lr_schedule: LRSchedule = LRSchedule.constant
@@ -76,6 +77,13 @@ class TrainerConfig:
             "device",
             self.device,
             "one of auto, cpu, cuda, cuda:N, mps",
+        )
+        require(self.devices >= 1, "devices", self.devices, "an integer >= 1")
+        require(
+            self.batch_size % self.devices == 0,
+            "batch_size",
+            self.batch_size,
+            f"a multiple of trainer.devices ({self.devices})",
         )
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
         require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")

@@ -73,13 +73,16 @@ def evaluate(
     y: Tensor,
     batch_size: int,
     autocast: Callable[[], AbstractContextManager[object]] = nullcontext,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy over ``(x, y)`` in eval mode; restores the model's previous mode."""
+    """Mean loss and accuracy over ``(x, y)`` in eval mode; restores the model's previous mode.
+    ``reduce`` (e.g. an all-reduce over data-parallel ranks, each holding a shard) combines the
+    sums before the means are taken."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    count = 0
+    count = torch.zeros((), dtype=torch.float64, device=x.device)
     try:
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
@@ -91,4 +94,8 @@ def evaluate(
             count += n
     finally:
         model.train(was_training)
-    return task.summarize((loss_sum / count).item(), (correct_sum / count).item())
+    totals = torch.stack([loss_sum, correct_sum, count])
+    if reduce is not None:
+        totals = reduce(totals)
+    loss_total, correct_total, n_total = totals.tolist()
+    return task.summarize(loss_total / n_total, correct_total / n_total)

@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from memexp import checkpoint as ckpt
-from memexp import sweep
-from memexp.config import LoggerConfig, MetricsConfig, Precision, Resume, TrainerConfig, register_configs
+from memexp import distributed, sweep
+from memexp.config import LoggerConfig, MetricsConfig, Precision, Progress, Resume, TrainerConfig, register_configs
 from memexp.data import DATASETS, BatchIterator, DataBundle
 from memexp.errors import ConfigValueError, MemexpError
 from memexp.logging import LocalLogger, MetricLogger, MultiLogger
@@ -86,6 +86,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_rank_device(name: str) -> torch.device:
+    """The device of this process: with data-parallel ranks on CUDA, GPU ``LOCAL_RANK``."""
+    device = resolve_device(name)
+    if device.type == "cuda" and distributed.launched_by_torchrun():
+        device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
+    return device
+
+
 def autocast_for(device: torch.device, precision: Precision) -> Callable[[], AbstractContextManager[Any]]:
     if precision is Precision.bf16:
         return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -113,7 +122,9 @@ class Run:
 def build_run(cfg: RunConfig) -> Run:
     trainer = cfg.trainer
     ckpt.seed_everything(cfg.seed)
-    device = resolve_device(trainer.device)
+    device = resolve_rank_device(trainer.device)
+    distributed.init(device)
+    distributed.check_batch(trainer.batch_size)
     data = DATASETS.build(cfg.data.name, cfg.data, device)
     task = TASKS[data.spec.task]()
     model = MODELS.build(cfg.model.name, cfg.model, data.spec).to(device)
@@ -127,7 +138,7 @@ def build_run(cfg: RunConfig) -> Run:
         data=data,
         task=task,
         model=model,
-        forward=torch.compile(model) if trainer.compile else model,
+        forward=wrap_model(model, device, trainer.compile),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, trainer, max_steps),
         batches=batches,
@@ -137,11 +148,29 @@ def build_run(cfg: RunConfig) -> Run:
     )
 
 
+def wrap_model(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
+    """DDP across ranks when data-parallel, then torch.compile when asked."""
+    forward = model
+    if distributed.is_active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(forward) if compile_model else forward
+
+
 def evaluate_gap(run: Run) -> dict[str, float]:
     """train/* on a fixed training subset and val/* on the held-out set, same size, same code, eval
     mode; gap/* = held-out minus train."""
     results = {
-        split: evaluate(run.forward, run.task, x, y, run.cfg.trainer.eval_batch_size, run.autocast)
+        split: evaluate(
+            run.forward,
+            run.task,
+            distributed.shard(x),
+            distributed.shard(y),
+            run.cfg.trainer.eval_batch_size,
+            run.autocast,
+            reduce=distributed.all_reduce_sum,
+        )
         for split, (x, y) in run.eval_sets.items()
     }
     logged = {f"{split}/{name}": value for split, values in results.items() for name, value in values.items()}
@@ -189,6 +218,9 @@ def train(
     if resumed is not None:
         progress.message(f"resumed from checkpoint at step {step}")
     params = [p for p in run.model.parameters() if p.requires_grad]
+    world, is_main = distributed.world_size(), distributed.rank() == 0
+    if not is_main:
+        checkpoints.save = lambda state, step: checkpoints.path_for(step)  # type: ignore[method-assign]
     loss_sum, loss_count = torch.zeros((), device=run.device), 0
     x: Tensor = torch.empty(0)
     y: Tensor = torch.empty(0)
@@ -210,13 +242,14 @@ def train(
             run.model.train()
             while step < run.max_steps:
                 x, y = next(run.batches)
+                x, y = distributed.shard(x), distributed.shard(y)  # this rank's slice of the global batch
                 loss = run.optimizer.step(closure)
                 run.scheduler.step()
                 step += 1
                 loss_sum += loss.detach()  # no host sync here: the loss is read only at log steps
                 loss_count += 1
                 if step % trainer.log_every == 0 or step == run.max_steps:
-                    batch_loss = (loss_sum / loss_count).item()
+                    batch_loss = (distributed.all_reduce_sum(loss_sum) / (loss_count * world)).item()
                     loss_sum.zero_()
                     loss_count = 0
                     lr = run.optimizer.param_groups[0]["lr"]
@@ -341,6 +374,17 @@ def run_job(cfg: DictConfig) -> float | None:
                 value = summary.get("val/loss")
                 return value if isinstance(value, float) else None
             print(f"memexp: resuming the interrupted job in {previous.run_dir}")
+    if run_cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
+        # Data parallel: this process only launches the ranks (they share this run dir).
+        code = distributed.launch(run_cfg.trainer.devices, list(hydra_cfg.overrides.task), run_dir)
+        if code != 0:
+            raise RuntimeError(f"data-parallel training on {run_cfg.trainer.devices} processes exited with {code}")
+        summary = sweep.read_summary(run_dir) or {}
+        value = summary.get("val/loss")
+        return value if isinstance(value, float) else None
+    if distributed.rank() != 0:
+        train(run, run_dir, [], ProgressReporter(run.max_steps, Progress.off))
+        return None
     try:
         summary = train(run, run_dir, open_loggers(cfg, run_cfg, run_dir))
     except Interrupted as stopped:
