@@ -311,15 +311,21 @@ def train(
 
 def remove_fresh_run_dir(run_dir: Path, job_name: str) -> None:
     """Hydra creates the run dir (with .hydra/ and the job log) before the task runs. When the task
-    stops on bad input, remove it again, but only if it holds nothing else (never a resumed run's)."""
+    stops on bad input, remove it again, but only if it holds nothing else (never a resumed run's),
+    and the parents it leaves empty (a sweep dir holding only Hydra's multirun.yaml counts as
+    empty), up to the working directory."""
     import shutil
 
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", f"{job_name}.log"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        parent = run_dir.parent
-        # A multirun's sweep dir holding only Hydra's multirun.yaml goes too.
-        if parent.is_dir() and {p.name for p in parent.iterdir()} <= {"multirun.yaml"}:
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", f"{job_name}.log"}:
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd, parent = Path.cwd().resolve(), run_dir.resolve().parent
+    while parent != cwd and cwd in parent.parents and parent.is_dir():
+        if {p.name for p in parent.iterdir()} <= {"multirun.yaml"}:
             shutil.rmtree(parent, ignore_errors=True)
+            parent = parent.parent
+        else:
+            break
 
 
 def open_loggers(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path) -> list[MetricLogger]:
