@@ -346,9 +346,7 @@ def open_loggers(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path) -> list[Met
             resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
             loggers.append(WandbLogger(run_cfg.logger.wandb, run_dir, resolved, name, group))  # type: ignore[arg-type]
         except Exception as error:  # noqa: BLE001 - W&B trouble is a warning; the local log goes on
-            import warnings
-
-            warnings.warn(f"W&B is disabled for this run: {error}", stacklevel=2)
+            print(f"memexp: warning: W&B is disabled for this run: {error}", file=sys.stderr)
     return loggers
 
 

@@ -103,3 +103,16 @@ def test_epochs_set_the_number_of_steps(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 2 * (1348 // 100)  # 1,797 digits, 25% held out -> 1,348 training images
+
+
+def test_a_wandb_failure_is_a_warning_and_the_local_log_goes_on(tmp_path: Path) -> None:
+    from tests.conftest import memexp_env
+
+    env = memexp_env(tmp_path)
+    env["WANDB_MODE"] = "online"  # no API key here: W&B cannot start
+    result = run_memexp("train", "trainer=quick", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "memexp: warning: W&B is disabled for this run" in result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and GAP_KEYS <= set(summary)
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl")
