@@ -33,6 +33,11 @@ class Resume(Enum):
     never = "never"  # always start from step 0
 
 
+class Size(Enum):
+    tiny = "tiny"  # CPU-sized: minutes on 2 cores
+    small = "small"  # one GPU, minutes
+
+
 class Progress(Enum):
     auto = "auto"  # rich bar on a terminal, plain lines otherwise
     rich = "rich"
@@ -150,7 +155,19 @@ class TrainConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: Any = None  # name of the preset in use, set by the preset itself
+    # Experiment presets size themselves with ${by_size:<tiny value>,<small value>}.
+    size: Size = Size.small
+
+
+def by_size(tiny: Any, small: Any, *, _root_: Any) -> Any:
+    """``${by_size:200,5000}``: the value for the run's ``size`` (``size=tiny`` on a CPU)."""
+    size = _root_.get("size", Size.small)
+    return tiny if (size.value if isinstance(size, Size) else str(size)) == "tiny" else small
 
 
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("by_size"):
+        OmegaConf.register_new_resolver("by_size", by_size)
