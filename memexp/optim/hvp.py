@@ -24,6 +24,7 @@ parameter dtype, the classic balance of truncation and round-off error; ``hvp_ra
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -69,7 +70,13 @@ def prepare_closure(method: str, closure: Closure | None, params: Sequence[Tenso
 
 
 def first_gradient(method: str, closure: Closure | None) -> Tensor | None:
-    return call_closure(closure, create_graph=method == "double_backward")
+    if method != "double_backward":
+        return call_closure(closure)
+    with warnings.catch_warnings():
+        # torch warns that backward(create_graph=True) ties .grad to the graph; hessian_vector_product
+        # replaces every .grad by its detached value, which breaks that cycle.
+        warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+        return call_closure(closure, create_graph=True)
 
 
 def _gradients_at(
@@ -109,7 +116,18 @@ def hessian_vector_product(
         return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products)]
 
     assert rng is not None
-    central = method == "central"
+    with torch.no_grad():
+        return _finite_difference(params, vectors, closure, rng, method == "central", radius)
+
+
+def _finite_difference(
+    params: list[Tensor],
+    vectors: list[Tensor],
+    closure: Closure,
+    rng: RNGSnapshot,
+    central: bool,
+    radius: float | None,
+) -> list[Tensor]:
     relative = radius if radius is not None else torch.finfo(params[0].dtype).eps ** (1 / 3 if central else 1 / 2)
     # All scalars stay tensors: no host sync inside the step.
     step_length = global_norm(params).clamp_min(1.0) * relative
