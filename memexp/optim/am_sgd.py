@@ -65,7 +65,7 @@ def clip_beta(numerator: Tensor, denominator: Tensor, beta_max: float) -> Tensor
 def beta_stats(betas: list[Tensor]) -> dict[str, Any]:
     if not betas:
         return {}
-    stacked = lambda: torch.stack([b.float().reshape(()) for b in betas])  # noqa: E731
+    stacked = lambda: torch.stack([b.reshape(()).to(betas[0].dtype) for b in betas])  # noqa: E731
     return {
         "beta_mean": lambda: stacked().mean(),
         "beta_min": lambda: stacked().min(),

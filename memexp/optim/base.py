@@ -32,7 +32,11 @@ class LazyStats:
             computed = {name: recipe() for name, recipe in self._recipes.items()}
             tensors = [v for v in computed.values() if isinstance(v, Tensor)]
             # One device->host transfer for all tensor-valued stats together.
-            host = torch.stack([t.detach().float().reshape(()).cpu() for t in tensors]).tolist() if tensors else []
+            host: list[float] = []
+            if tensors:
+                device = tensors[0].device
+                wide = torch.float32 if device.type == "mps" else torch.float64
+                host = torch.stack([t.detach().reshape(()).to(device=device, dtype=wide) for t in tensors]).tolist()
             host_iter = iter(host)
             self._values = {
                 name: (next(host_iter) if isinstance(value, Tensor) else float(value))
