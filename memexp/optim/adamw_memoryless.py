@@ -149,7 +149,7 @@ class AdamWMemorylessConfig(OptimizerConfig):
     eps: float = 1e-8
     weight_decay: float = 0.01
     correction: bool = True
-    correction_scale: float = 1.0
+    correction_scale: float = 1e-3  # measured stable range at lr=1e-3: <= 3e-3 (docs/optimizers.md)
     hvp: str = "forward"
     hvp_radius: float | None = None
     foreach: bool | None = None

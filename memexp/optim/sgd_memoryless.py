@@ -15,8 +15,9 @@ Weight decay is coupled as in torch.optim.SGD: g ← g + λθ, i.e. the loss gai
 curvature in the correction is H + λI.
 
 Stable ``correction_scale`` at practical learning rates: the correction's size relative to the
-plain step is about h·β/(1−β)²·λ_max(H), ≈ 9·λ_max(H) at h = 0.1, β = 0.9; see the docs of
-``SGDMemorylessConfig`` for the measured range.
+plain step is about scale·h·β/(1−β)²·λ_max(H), ≈ 9·scale·λ_max(H) at h = 0.1, β = 0.9. Measured
+(docs/optimizers.md, scripts/sweep_correction_scale.py): at h = 0.1 runs diverge for scale ≥ 0.01;
+at h = 0.01 the exact twin (scale 1) is stable.
 """
 
 from __future__ import annotations
@@ -159,10 +160,8 @@ class MemorylessSGD(MemorylessOptimizer):
 
 @dataclass
 class SGDMemorylessConfig(OptimizerConfig):
-    """Measured stable ``correction_scale`` range: see docs in conf/optimizer/sgd_memoryless.yaml."""
-
     name: str = "sgd_memoryless"
-    lr: float = 0.1
+    lr: float = 0.01  # stable with the exact twin (scale 1); at 0.1 it needs scale <= 3e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
     correction: bool = True

@@ -153,7 +153,9 @@ def dual_maximum(g, d, delta, lr, rho, p) -> float:
         # ∇_z: slope + P z/η + ρ P²(z + η P⁻¹ d)/η = 0
         z = -(slope + rho * p * d) * lr / (p + rho * p**2)
         lagrangian = (1 - beta) * (g @ z) + beta * (delta + d @ z)
-        return (lagrangian + (z * p * z).sum() / (2 * lr) + rho * ((z + lr * d / p) ** 2 * p**2).sum() / (2 * lr)).item()
+        return (
+            lagrangian + (z * p * z).sum() / (2 * lr) + rho * ((z + lr * d / p) ** 2 * p**2).sum() / (2 * lr)
+        ).item()
 
     low, high = 0.0, 1.0
     for _ in range(200):
@@ -219,7 +221,13 @@ def test_am_adamw_with_constant_beta_is_adamw(foreach: bool) -> None:
     models = [small_mlp(), small_mlp()]
     adamw = torch.optim.AdamW(models[0].parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
     am = AdaptiveMemoryAdamW(
-        models[1].parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1, rho=0.0, adaptive=False,
+        models[1].parameters(),
+        lr=1e-2,
+        betas=(0.9, 0.99),
+        eps=1e-8,
+        weight_decay=0.1,
+        rho=0.0,
+        adaptive=False,
         foreach=foreach,
     )
     closures = [mlp_closure(m) for m in models]

@@ -75,8 +75,10 @@ def test_lion_first_three_steps_by_hand(foreach: bool) -> None:
 def test_lion_k_l1_is_lion_bit_for_bit(foreach: bool, dtype: torch.dtype) -> None:
     models = [small_mlp(seed=0, dtype=dtype), small_mlp(seed=0, dtype=dtype)]
     groups = [
-        [{"params": [p for n, p in m.named_parameters() if "weight" in n], "weight_decay": 0.5}, {
-            "params": [p for n, p in m.named_parameters() if "bias" in n], "weight_decay": 0.0}]
+        [
+            {"params": [p for n, p in m.named_parameters() if "weight" in n], "weight_decay": 0.5},
+            {"params": [p for n, p in m.named_parameters() if "bias" in n], "weight_decay": 0.0},
+        ]
         for m in models
     ]
     lion = Lion(groups[0], lr=1e-2, betas=(0.9, 0.99), foreach=foreach)

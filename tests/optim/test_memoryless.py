@@ -56,7 +56,9 @@ def test_coefficients_approach_their_limits() -> None:
 # -- first three steps, by hand, float64 -------------------------------------------------------------
 
 
-def run_steps(optimizer: torch.optim.Optimizer, problem: QuarticProblem, params: list, steps: int) -> list[torch.Tensor]:
+def run_steps(
+    optimizer: torch.optim.Optimizer, problem: QuarticProblem, params: list, steps: int
+) -> list[torch.Tensor]:
     closure = problem.closure(params)
     trajectory = []
     for _ in range(steps):
@@ -131,7 +133,9 @@ def test_adamw_twin_first_three_steps(foreach: bool) -> None:
 def test_lion_twin_first_three_steps(foreach: bool) -> None:
     problem = QuarticProblem()
     params = problem.parameters()
-    optimizer = MemorylessLion(params, lr=0.01, betas=(0.9, 0.99), weight_decay=0.3, hvp="double_backward", foreach=foreach)
+    optimizer = MemorylessLion(
+        params, lr=0.01, betas=(0.9, 0.99), weight_decay=0.3, hvp="double_backward", foreach=foreach
+    )
     got = run_steps(optimizer, problem, params, 3)
     for step, (a, b) in enumerate(zip(got, hand_lion(problem, 0.01, 0.9, 0.99, 0.3, 1.0, 3))):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f"step {step}")

@@ -40,7 +40,9 @@ FACTORIES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "am_sgd_per_tensor": lambda g, f: AdaptiveMemorySGD(g, lr=0.05, scope="per_tensor", foreach=f),
     "am_sgd_carried": lambda g, f: AdaptiveMemorySGD(g, lr=0.05, offset="carried", foreach=f),
     "am_adamw": lambda g, f: AdaptiveMemoryAdamW(g, lr=1e-2, foreach=f),
-    "am_adamw_global_carried": lambda g, f: AdaptiveMemoryAdamW(g, lr=1e-2, scope="global", offset="carried", foreach=f),
+    "am_adamw_global_carried": lambda g, f: AdaptiveMemoryAdamW(
+        g, lr=1e-2, scope="global", offset="carried", foreach=f
+    ),
 }
 
 
