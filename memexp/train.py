@@ -225,13 +225,13 @@ def train(
     x: Tensor = torch.empty(0)
     y: Tensor = torch.empty(0)
 
-    def closure() -> Tensor:
+    def closure(create_graph: bool = False) -> Tensor:
         # The standard protocol: optimizers that need extra gradients (e.g. for a Hessian-vector
-        # product) call this again themselves.
+        # product) call this again themselves; hvp=double_backward asks for create_graph=True.
         run.optimizer.zero_grad(set_to_none=True)
         with run.autocast():
             loss = run.task.loss(run.forward(x), y)
-        loss.backward()
+        loss.backward(create_graph=create_graph)
         if trainer.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
         return loss

@@ -1,0 +1,241 @@
+"""Adaptive memory AdamW (Topollai & Choromanska, arXiv 2510.04988), spec: algorithms.md.
+
+AM-SGD's two-plane proximal step (see am_sgd.py) with Adam's diagonal preconditioner P and
+decoupled weight decay λ; only β1 adapts (β2 stays fixed). Per step, per tensor by default:
+
+    v ← β2·v + (1 − β2)·g²
+    P = (1 − β_max·Π_{i<t} β_i)·(√(v/(1 − β2^t)) + ε)      # first-moment bias correction from the
+                                                           # product of the past adaptive β's
+    M = P⁻¹(I + ρP)⁻¹
+    β_t = clip( [Δ_t/η − ⟨d − g, g + ρP·d⟩_M − λ⟨x, d − g⟩] / ‖d − g‖²_M, 0, β_max )
+    d ← (I + ρP)⁻¹[(1 − β_t)·g + (β_t·I + ρP)·d]
+    x ← (1 − ηλ)·x − η·P⁻¹d
+
+d and v start at 0; step 1 uses β = β_max (no previous iterate for Δ). Δ_t (offset="taylor"):
+η_{t−1}·⟨g, P⁻¹d + λx⟩. With ρ = 0 and β_t fixed at β_max (``adaptive=False``) this is exactly
+torch.optim.AdamW with β1 = β_max, bias correction included.
+
+Where the spec and the one public implementation differ: that implementation multiplies the Δ/η
+term by (1 + ηλ); the spec's derivation (the proximal model with decoupled decay, checked by the
+brute-force test) has no such factor, so it is left out (the two differ by ηλ ≈ 1e-5 relative).
+``offset="carried"`` (UNVERIFIED, scope="global" only) carries the aggregate plane forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memexp.errors import require
+from memexp.optim.am_sgd import beta_stats, check_am_args, check_am_config, clip_beta
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure
+from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+
+
+class AdaptiveMemoryAdamW(MemexpOptimizer):
+    """AM-AdamW; ``betas = (β_max, β2)``: the first entry is the cap on the adaptive β1.
+
+    ``last_stats``: ``beta_mean`` / ``beta_min`` / ``beta_max`` over the per-tensor β_t.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.89, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        rho: float = 0.1,
+        *,
+        offset: str = "taylor",
+        scope: str = "per_tensor",
+        adaptive: bool = True,
+        foreach: bool | None = None,
+    ) -> None:
+        check_am_args(lr, betas[0], rho, weight_decay, offset, scope)
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"betas[1]={betas[1]} is not allowed: a number in [0, 1)")
+        if not eps > 0:
+            raise ValueError(f"eps={eps} is not allowed: a number > 0")
+        defaults = dict(
+            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rho=rho, adaptive=adaptive, foreach=foreach
+        )
+        super().__init__(params, defaults)
+        self.offset, self.scope = offset, scope
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Tensor | None:
+        self._begin_step()
+        if self.offset == "carried" and closure is None:
+            raise RuntimeError("offset='carried' needs the loss: call step(closure)")
+        loss = call_closure(closure)
+        entries = []
+        for group in self.param_groups:
+            params, grads = self._params_with_grad(group)
+            if not params:
+                continue
+            for param in params:
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["direction"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    # Π of the past β's, in the parameter's dtype so a state_dict reload restores it exactly.
+                    state["beta_product"] = torch.ones((), dtype=param.dtype, device=param.device)
+                    state["previous_lr"] = group["lr"]
+            entries.append(
+                (group, params, grads, self._use_foreach(group, params), self._preconditioners(group, params, grads))
+            )
+        if not entries:
+            return loss
+        anchor = self.state[entries[0][1][0]]
+        plane_gap: Tensor | None = None
+        if self.offset == "carried" and "memory_plane" in anchor:
+            assert loss is not None
+            plane_gap = (anchor["memory_plane"] - loss.detach().to(anchor["memory_plane"].dtype)) / entries[0][0]["lr"]
+
+        # Numerators and denominators of β per tensor (None on a tensor's first step: β = β_max).
+        reductions = [
+            self._beta_terms(group, params, grads, precond, foreach)
+            for group, params, grads, foreach, precond in entries
+        ]
+        if self.scope == "global":
+            pairs = [pair for group_pairs in reductions for pair in group_pairs if pair is not None]
+            if pairs:
+                total_num = torch.stack([n for n, _ in pairs]).sum()
+                total_den = torch.stack([d for _, d in pairs]).sum()
+                if plane_gap is not None:
+                    total_num = total_num + plane_gap
+                reductions = [[None if pair is None else (total_num, total_den) for pair in rs] for rs in reductions]
+
+        all_betas: list[Tensor] = []
+        plane_increment: list[Tensor] = []
+        for (group, params, grads, foreach, precond), pairs in zip(entries, reductions):
+            lr, wd, rho = group["lr"], group["weight_decay"], group["rho"]
+            beta_max = group["betas"][0]
+            betas = []
+            for param, pair in zip(params, pairs):
+                if pair is None or not group["adaptive"]:
+                    betas.append(torch.full((), beta_max, dtype=param.dtype, device=param.device))
+                else:
+                    betas.append(clip_beta(pair[0], pair[1], beta_max).to(param.dtype))
+            directions = [self.state[p]["direction"] for p in params]
+            if self.offset == "carried":
+                aggregates = [g * (1 - b) + d * b for g, d, b in zip(grads, directions, betas)]
+                old_params = [p.clone() for p in params]
+            if foreach:
+                # d ← ((1 − β)·g + (ρP + β)·d)/(1 + ρP)
+                damping = torch._foreach_mul(precond, rho)
+                mixing = torch._foreach_add(damping, betas)
+                torch._foreach_mul_(directions, mixing)
+                torch._foreach_add_(directions, torch._foreach_mul(grads, [1 - b for b in betas]))
+                torch._foreach_add_(damping, 1.0)
+                torch._foreach_div_(directions, damping)
+                if wd != 0:
+                    torch._foreach_mul_(params, 1 - lr * wd)
+                torch._foreach_add_(params, torch._foreach_div(directions, precond), alpha=-lr)
+            else:
+                for param, grad, direction, p_diag, beta in zip(params, grads, directions, precond, betas):
+                    damping = p_diag.mul(rho)
+                    direction.mul_(damping.add(beta))
+                    direction.add_(grad.mul(1 - beta))
+                    direction.div_(damping.add_(1.0))
+                    if wd != 0:
+                        param.mul_(1 - lr * wd)
+                    param.add_(direction.div(p_diag), alpha=-lr)
+            if self.offset == "carried":
+                plane_increment += [(a * (p - old)).sum() for a, p, old in zip(aggregates, params, old_params)]
+            for param, beta in zip(params, betas):
+                state = self.state[param]
+                state["beta_product"].mul_(beta)
+                state["step"] += 1
+                state["previous_lr"] = lr
+            all_betas += betas
+        if self.offset == "carried":
+            assert loss is not None
+            value = loss.detach().to(all_betas[0].dtype) + torch.stack(plane_increment).sum()
+            if plane_gap is not None:
+                value = value + all_betas[0] * plane_gap * entries[0][0]["lr"]
+            anchor["memory_plane"] = value
+        self._end_step(beta_stats(all_betas[:1] if self.scope == "global" else all_betas))
+        return loss
+
+    def _preconditioners(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """Update v and return P per tensor (the bias corrections use the step count t = step + 1)."""
+        beta_max, beta2 = group["betas"]
+        eps = group["eps"]
+        result = []
+        for param, grad in zip(params, grads):
+            state = self.state[param]
+            t = state["step"] + 1
+            state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            first_moment_correction = 1 - beta_max * state["beta_product"]
+            precond = state["exp_avg_sq"].div(1 - beta2**t).sqrt_().add_(eps).mul_(first_moment_correction)
+            result.append(precond)
+        return result
+
+    def _beta_terms(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], precond: list[Tensor], foreach: bool
+    ) -> list[tuple[Tensor, Tensor] | None]:
+        """(numerator, denominator) of β_t per tensor; None where β is β_max (first step, not adaptive)."""
+        if not group["adaptive"]:
+            return [None] * len(params)
+        lr, wd, rho = group["lr"], group["weight_decay"], group["rho"]
+        terms: list[tuple[Tensor, Tensor] | None] = []
+        for param, grad, p_diag in zip(params, grads, precond):
+            state = self.state[param]
+            if state["step"] == 0:
+                terms.append(None)
+                continue
+            direction = state["direction"]
+            difference = direction - grad
+            metric = p_diag.mul(rho).add_(1.0).mul_(p_diag).reciprocal_()  # M = 1/(P(1 + ρP))
+            denominator = (difference * difference * metric).sum()
+            inner = (difference * (grad + rho * p_diag * direction) * metric).sum()
+            numerator = -inner - wd * (param * difference).sum()
+            if self.offset == "taylor" and lr > 0:
+                numerator = numerator + state["previous_lr"] / lr * (grad * (direction / p_diag + wd * param)).sum()
+            terms.append((numerator, denominator))
+        return terms
+
+
+@dataclass
+class AMAdamWConfig(OptimizerConfig):
+    name: str = "am_adamw"
+    lr: float = 1e-3
+    beta_max: float = 0.89  # 0.9 − 0.1ρ: caps the weight on d, (β + ρ)/(1 + ρ), at 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    rho: float = 0.1
+    offset: str = "taylor"
+    scope: str = "per_tensor"
+    adaptive: bool = True
+    foreach: bool | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.check_beta("beta_max", self.beta_max)
+        self.check_beta("beta2", self.beta2)
+        require(self.eps > 0, "eps", self.eps, "a number > 0")
+        check_am_config(self.rho, self.offset, self.scope)
+
+
+@OPTIMIZERS.register("am_adamw", config=AMAdamWConfig)
+def build_am_adamw(param_groups: list[dict[str, Any]], cfg: AMAdamWConfig) -> AdaptiveMemoryAdamW:
+    return AdaptiveMemoryAdamW(
+        param_groups,
+        lr=cfg.lr,
+        betas=(cfg.beta_max, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        rho=cfg.rho,
+        offset=cfg.offset,
+        scope=cfg.scope,
+        adaptive=cfg.adaptive,
+        foreach=cfg.foreach,
+    )

@@ -1,0 +1,257 @@
+"""Adaptive memory momentum SGD (Topollai & Choromanska, arXiv 2510.04988), spec: algorithms.md.
+
+Each step models the loss near x_t by two planes, ℓ_g from the current gradient g and ℓ_d from the
+memory direction d, and takes a proximal step on max(ℓ_g, ℓ_d) (with ρ pulling towards the
+heavy-ball extrapolation). That gives the momentum β_t in closed form (P = I here):
+
+    β_t = clip( [(1 + ρ)·Δ_t/η − ⟨d − g, g + ρd⟩] / ‖d − g‖², 0, β_max )     (0 when d = g)
+    d ← ((β_t + ρ)·d + (1 − β_t)·g)/(1 + ρ),   x ← x − η·d
+
+(EMA form: d is a convex mix, not torch's undampened buffer). Δ_t = L̂_t − L_t is the memory plane's
+offset at x_t:
+  offset="taylor" (default; the third-party implementation that cites the paper's Algorithms 1 and 3):
+      Δ_t ≈ η_{t−1}·⟨g_t, d_t⟩, a first-order estimate of L(x_{t−1}) − L(x_t) along the last step;
+      no loss value needed. With ρ = 0: β_t = clip(‖g‖²/‖g − d‖², 0, β_max).
+  offset="carried" (UNVERIFIED alternative): the aggregate plane (1 − β)ℓ_g + β·ℓ_d is carried to
+      x_{t+1}; Δ_{t+1} = its value there minus the closure's loss L_{t+1}. Needs scope="global".
+scope="global" (default for SGD): one β_t from model-wide sums; scope="per_tensor": one per tensor.
+d_0 = g_0. Weight decay is coupled (added to g before β_t and d), as in that implementation.
+``adaptive=False`` fixes β_t = β_max: constant-momentum EMA SGD, the baseline AM is compared to.
+
+Global scope with several parameter groups: each group's own η, ρ enter its share of the sums,
+and β_t is clipped to each group's β_max; the carried offset divides by the first group's η.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memexp.errors import require
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure
+from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+
+OFFSETS = ("taylor", "carried")
+SCOPES = ("global", "per_tensor")
+
+
+def check_am_args(lr: float, beta_max: float, rho: float, weight_decay: float, offset: str, scope: str) -> None:
+    if not lr >= 0:
+        raise ValueError(f"lr={lr} is not allowed: a number >= 0")
+    if not 0.0 <= beta_max < 1.0:
+        raise ValueError(f"beta_max={beta_max} is not allowed: a number in [0, 1)")
+    if not rho >= 0:
+        raise ValueError(f"rho={rho} is not allowed: a number >= 0")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay={weight_decay} is not allowed: a number >= 0")
+    if offset not in OFFSETS:
+        raise ValueError(f"offset={offset!r} is not allowed: one of {OFFSETS}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not allowed: one of {SCOPES}")
+    if offset == "carried" and scope != "global":
+        raise ValueError("offset='carried' is not allowed with scope='per_tensor': the loss is one number (use global)")
+
+
+def clip_beta(numerator: Tensor, denominator: Tensor, beta_max: float) -> Tensor:
+    """clip(num/den, 0, β_max), and 0 where den = 0 (then d = g and β does not matter)."""
+    safe = denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+    return torch.where(denominator > 0, (numerator / safe).clamp(0.0, beta_max), torch.zeros_like(numerator))
+
+
+def beta_stats(betas: list[Tensor]) -> dict[str, Any]:
+    if not betas:
+        return {}
+    stacked = lambda: torch.stack([b.reshape(()).to(betas[0].dtype) for b in betas])  # noqa: E731
+    return {
+        "beta_mean": lambda: stacked().mean(),
+        "beta_min": lambda: stacked().min(),
+        "beta_max": lambda: stacked().max(),
+    }
+
+
+def tensor_sums(tensors: list[Tensor]) -> list[Tensor]:
+    return [t.sum() for t in tensors]
+
+
+class AdaptiveMemorySGD(MemexpOptimizer):
+    """AM-SGD. ``last_stats``: ``beta_mean``/``beta_min``/``beta_max`` of the step's β_t (equal for
+    scope="global"), and ``memory_offset`` (Δ_t/η summed, the numerator's plane term)."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.1,
+        beta_max: float = 0.9,
+        rho: float = 0.1,
+        weight_decay: float = 0.0,
+        *,
+        offset: str = "taylor",
+        scope: str = "global",
+        adaptive: bool = True,
+        foreach: bool | None = None,
+    ) -> None:
+        check_am_args(lr, beta_max, rho, weight_decay, offset, scope)
+        defaults = dict(
+            lr=lr, beta_max=beta_max, rho=rho, weight_decay=weight_decay, adaptive=adaptive, foreach=foreach
+        )
+        super().__init__(params, defaults)
+        self.offset, self.scope = offset, scope
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Tensor | None:
+        self._begin_step()
+        if self.offset == "carried" and closure is None:
+            raise RuntimeError("offset='carried' needs the loss: call step(closure)")
+        loss = call_closure(closure)
+        entries = []  # per group: (group, params, decayed grads, directions, foreach)
+        for group in self.param_groups:
+            params, grads = self._params_with_grad(group)
+            if not params:
+                continue
+            foreach = self._use_foreach(group, params)
+            wd = group["weight_decay"]
+            if wd != 0:
+                grads = (
+                    torch._foreach_add(grads, params, alpha=wd)
+                    if foreach
+                    else [g.add(p, alpha=wd) for g, p in zip(grads, params)]
+                )
+            directions = []
+            for param, grad in zip(params, grads):
+                state = self.state[param]
+                if "direction" not in state:  # d_0 = g_0
+                    state["direction"] = grad.clone(memory_format=torch.preserve_format)
+                    state["step"] = 0
+                    state["previous_lr"] = group["lr"]
+                directions.append(state["direction"])
+            entries.append((group, params, grads, directions, foreach))
+        if not entries:
+            return loss
+        anchor = self.state[entries[0][1][0]]  # the model-wide memory plane lives with the first parameter
+        plane_gap: Tensor | None = None
+        if self.offset == "carried" and "memory_plane" in anchor:
+            assert loss is not None
+            plane_gap = (anchor["memory_plane"] - loss.detach().to(anchor["memory_plane"].dtype)) / entries[0][0]["lr"]
+
+        betas_per_group: list[list[Tensor]] = []
+        numerators: list[list[Tensor]] = []
+        denominators: list[list[Tensor]] = []
+        for group, params, grads, directions, foreach in entries:
+            rho, lr = group["rho"], group["lr"]
+            if not group["adaptive"]:
+                numerators.append([])
+                denominators.append([])
+                continue
+            lr_ratios = [self.state[p]["previous_lr"] / lr if lr > 0 else 0.0 for p in params]
+            if foreach:
+                differences = torch._foreach_sub(directions, grads)
+                squared = tensor_sums(torch._foreach_mul(differences, differences))
+                pulls = torch._foreach_add(grads, directions, alpha=rho)
+                inner = tensor_sums(torch._foreach_mul(differences, pulls))
+                plane = tensor_sums(torch._foreach_mul(grads, directions)) if self.offset == "taylor" else None
+            else:
+                differences = [d - g for d, g in zip(directions, grads)]
+                squared = [(x * x).sum() for x in differences]
+                inner = [(x * g.add(d, alpha=rho)).sum() for x, g, d in zip(differences, grads, directions)]
+                plane = [(g * d).sum() for g, d in zip(grads, directions)] if self.offset == "taylor" else None
+            # β = [Δ/η − ⟨d−g, g+ρd⟩_M]/‖d−g‖²_M with M = 1/(1+ρ); taylor: Δ/η = (η_{t−1}/η)·⟨g, d⟩.
+            num = [-i / (1 + rho) for i in inner]
+            if plane is not None:
+                num = [n + r * s for n, r, s in zip(num, lr_ratios, plane)]
+            numerators.append(num)
+            denominators.append([s / (1 + rho) for s in squared])
+
+        if self.scope == "global":
+            flat_num = [n for group_num in numerators for n in group_num]
+            flat_den = [d for group_den in denominators for d in group_den]
+            total_num = torch.stack(flat_num).sum() if flat_num else None
+            total_den = torch.stack(flat_den).sum() if flat_den else None
+            if total_num is not None and plane_gap is not None:
+                total_num = total_num + plane_gap
+        plane_increment: list[Tensor] = []
+        for (group, params, grads, directions, foreach), num, den in zip(entries, numerators, denominators):
+            beta_max, rho, lr = group["beta_max"], group["rho"], group["lr"]
+            reference = directions[0]
+            if not group["adaptive"]:
+                betas = [torch.tensor(beta_max, dtype=reference.dtype, device=reference.device)] * len(params)
+            elif self.scope == "global":
+                assert total_num is not None and total_den is not None
+                betas = [clip_beta(total_num, total_den, beta_max)] * len(params)
+            else:
+                betas = [clip_beta(n, d, beta_max) for n, d in zip(num, den)]
+            memory_weights = [(b + rho) / (1 + rho) for b in betas]
+            gradient_weights = [(1 - b) / (1 + rho) for b in betas]
+            if self.offset == "carried":
+                aggregates = [g * (1 - b) + d * b for g, d, b in zip(grads, directions, betas)]
+            if foreach:
+                torch._foreach_mul_(directions, memory_weights)
+                torch._foreach_add_(directions, torch._foreach_mul(grads, gradient_weights))
+                torch._foreach_add_(params, directions, alpha=-lr)
+            else:
+                for param, grad, direction, mw, gw in zip(params, grads, directions, memory_weights, gradient_weights):
+                    direction.mul_(mw)
+                    direction.add_(grad.mul(gw))
+                    param.add_(direction, alpha=-lr)
+            if self.offset == "carried":
+                # x_{t+1} − x_t = −η·d_{t+1}: the aggregate plane's change along the step.
+                plane_increment += [-lr * (a * d).sum() for a, d in zip(aggregates, directions)]
+            for param in params:
+                self.state[param]["step"] += 1
+                self.state[param]["previous_lr"] = lr
+            betas_per_group.append(betas)
+        if self.offset == "carried":
+            assert loss is not None
+            value = loss.detach().to(entries[0][3][0].dtype) + torch.stack(plane_increment).sum()
+            if plane_gap is not None:
+                # + β·Δ: the aggregate plane sits β·Δ above L_t at x_t (first group's β).
+                value = value + betas_per_group[0][0] * plane_gap * entries[0][0]["lr"]
+            anchor["memory_plane"] = value
+        all_betas = [b for betas in betas_per_group for b in betas]
+        if self.scope == "global" and all_betas:
+            all_betas = [b for betas in betas_per_group for b in betas[:1]]
+        self._end_step(beta_stats(all_betas))
+        return loss
+
+
+@dataclass
+class AMSGDConfig(OptimizerConfig):
+    name: str = "am_sgd"
+    lr: float = 0.1
+    beta_max: float = 0.9
+    rho: float = 0.1
+    weight_decay: float = 0.0
+    offset: str = "taylor"  # taylor | carried (see the module docstring)
+    scope: str = "global"  # global | per_tensor
+    adaptive: bool = True
+    foreach: bool | None = None
+
+    def check(self) -> None:
+        super().check()
+        self.check_beta("beta_max", self.beta_max)
+        check_am_config(self.rho, self.offset, self.scope)
+
+
+def check_am_config(rho: float, offset: str, scope: str) -> None:
+    require(rho >= 0, "rho", rho, "a number >= 0")
+    require(offset in OFFSETS, "offset", offset, f"one of {list(OFFSETS)}")
+    require(scope in SCOPES, "scope", scope, f"one of {list(SCOPES)}")
+    require(offset == "taylor" or scope == "global", "offset", offset, "taylor when scope=per_tensor")
+
+
+@OPTIMIZERS.register("am_sgd", config=AMSGDConfig)
+def build_am_sgd(param_groups: list[dict[str, Any]], cfg: AMSGDConfig) -> AdaptiveMemorySGD:
+    return AdaptiveMemorySGD(
+        param_groups,
+        lr=cfg.lr,
+        beta_max=cfg.beta_max,
+        rho=cfg.rho,
+        weight_decay=cfg.weight_decay,
+        offset=cfg.offset,
+        scope=cfg.scope,
+        adaptive=cfg.adaptive,
+        foreach=cfg.foreach,
+    )

@@ -1,0 +1,224 @@
+"""The step skeleton shared by the memoryless-corrected optimizers (memoryless.md).
+
+A twin replaces an optimizer's memory by the current iterate and adds the correction h·M(θ), which
+needs one Hessian-vector product H·v per step on the step's own mini-batch. The skeleton:
+
+    closure() -> g at θ  ->  each group: the plain direction's ingredients and v
+    -> one H·v over *all* parameters (the Hessian couples groups)  ->  each group: the update.
+
+Subclasses provide ``_prepare`` (ingredients and v for one group) and ``_apply`` (the update for
+one group, given H·v or ``None`` when the correction is off), each with a per-tensor reference path
+and a multi-tensor (foreach) path. Step counts n are per parameter (like torch.optim); the finite-n
+coefficients are evaluated per distinct n.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure
+from memexp.optim.hvp import check_hvp_method, first_gradient, hessian_vector_product, prepare_closure
+
+
+def check_correction_args(correction_scale: float, hvp: str, hvp_radius: float | None) -> None:
+    if not math.isfinite(correction_scale):
+        raise ValueError(f"correction_scale={correction_scale} is not allowed: a finite number")
+    check_hvp_method(hvp)
+    if hvp_radius is not None and not hvp_radius > 0:
+        raise ValueError(f"hvp_radius={hvp_radius} is not allowed: null or a number > 0")
+
+
+# Below this many steps the lag moments are summed term by term: the closed form subtracts
+# quantities of size O(n(1−β)) and loses digits when n(1−β) is small.
+DIRECT_SUM_STEPS = 256
+
+
+@lru_cache(maxsize=4096)
+def lag_moment(beta: float, n: int) -> float:
+    """Σ_{k=1..n} k·β^(k−1) = (1 − (n+1)β^n + nβ^(n+1))/(1 − β)²."""
+    if n < DIRECT_SUM_STEPS or beta == 1.0:
+        total, power = 0.0, 1.0
+        for k in range(1, n + 1):
+            total += k * power
+            power *= beta
+        return total
+    beta_n = beta**n
+    return (1.0 - (n + 1) * beta_n + n * beta_n * beta) / (1.0 - beta) ** 2
+
+
+def buckets_by_step(steps: Sequence[int]) -> dict[int, list[int]]:
+    """Indices of the tensors grouped by their step count (normally one bucket)."""
+    found: dict[int, list[int]] = {}
+    for index, n in enumerate(steps):
+        found.setdefault(n, []).append(index)
+    return found
+
+
+class SquaredNorms:
+    """Lazily summed Σ factor²·‖T‖² and Σ factor·⟨A, B⟩ over (factor, tensors) pieces."""
+
+    def __init__(self) -> None:
+        self.norm_pieces: dict[str, list[tuple[float, list[Tensor]]]] = {}
+        self.dot_pieces: dict[str, list[tuple[float, list[Tensor], list[Tensor]]]] = {}
+        self.sum_pieces: dict[str, list[tuple[float, list[Tensor]]]] = {}
+        self.count_pieces: dict[str, list[list[Tensor]]] = {}
+
+    def add_norm(self, name: str, factor: float, tensors: list[Tensor]) -> None:
+        self.norm_pieces.setdefault(name, []).append((factor, tensors))
+
+    def add_dot(self, name: str, factor: float, left: list[Tensor], right: list[Tensor]) -> None:
+        self.dot_pieces.setdefault(name, []).append((factor, left, right))
+
+    def add_sum(self, name: str, factor: float, tensors: list[Tensor]) -> None:
+        self.sum_pieces.setdefault(name, []).append((factor, tensors))
+
+    def add_mean(self, name: str, tensors: list[Tensor]) -> None:
+        self.count_pieces.setdefault(name, []).append(tensors)
+
+    def total(self, name: str) -> Tensor:
+        total = [
+            factor * torch.stack([t.sum() for t in tensors]).sum() for factor, tensors in self.sum_pieces.get(name, [])
+        ]
+        return torch.stack(total).sum() if total else torch.zeros(())
+
+    def mean(self, name: str) -> Tensor:
+        tensors = [t for pieces in self.count_pieces.get(name, []) for t in pieces]
+        if not tensors:
+            return torch.zeros(())
+        return torch.stack([t.sum().float() for t in tensors]).sum() / sum(t.numel() for t in tensors)
+
+    def norm(self, name: str) -> Tensor:
+        total = [
+            (factor**2) * torch.stack(torch._foreach_norm(tensors)).square().sum()
+            for factor, tensors in self.norm_pieces.get(name, [])
+            if tensors
+        ]
+        return torch.stack(total).sum().sqrt() if total else torch.zeros(())
+
+    def dot(self, name: str) -> Tensor:
+        total = [
+            factor * torch.stack([torch.sum(a * b) for a, b in zip(left, right)]).sum()
+            for factor, left, right in self.dot_pieces.get(name, [])
+            if left
+        ]
+        return torch.stack(total).sum() if total else torch.zeros(())
+
+
+class MemorylessOptimizer(MemexpOptimizer):
+    """Base of MemorylessSGD / MemorylessAdamW / MemorylessLion.
+
+    Group hyperparameters shared by all three: ``correction`` (False: the plain memoryless version,
+    memory replaced by the current iterate, no correction), ``correction_scale`` (multiplies h·M).
+    Optimizer-wide (one H·v serves all groups): ``hvp`` and ``hvp_radius`` (see memexp.optim.hvp).
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any], hvp: str, hvp_radius: float | None) -> None:
+        check_correction_args(defaults["correction_scale"], hvp, hvp_radius)
+        super().__init__(params, defaults)
+        self.hvp = hvp
+        self.hvp_radius = hvp_radius
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _group_corrects(self, group: dict[str, Any]) -> bool:
+        return bool(group["correction"]) and group["correction_scale"] != 0
+
+    def _prepare(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
+    ) -> tuple[Any, list[Tensor]]:
+        raise NotImplementedError
+
+    def _apply(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        context: Any,
+        products: list[Tensor] | None,
+        n: int,
+        foreach: bool,
+        stats: SquaredNorms,
+    ) -> None:
+        raise NotImplementedError
+
+    def _recipes(self, stats: SquaredNorms) -> dict[str, Any]:
+        plain, correction = (lambda: stats.norm("plain")), (lambda: stats.norm("correction"))
+        return {
+            "plain_step_norm": plain,
+            "correction_norm": correction,
+            "correction_ratio": lambda: correction() / plain().clamp_min(torch.finfo(torch.float32).tiny),
+            "correction_cosine": lambda: (
+                stats.dot("cosine") / (plain() * correction()).clamp_min(torch.finfo(torch.float32).tiny)
+            ),
+            "implicit_penalty": lambda: stats.dot("penalty"),
+        }
+
+    # -- the step ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> Tensor | None:
+        self._begin_step()
+        all_params = [p for group in self.param_groups for p in group["params"]]
+        corrects = any(self._group_corrects(group) for group in self.param_groups)
+        if corrects:
+            rng = prepare_closure(self.hvp, closure, all_params)
+            loss = first_gradient(self.hvp, closure)
+        else:
+            rng, loss = None, call_closure(closure)
+        prepared = []
+        for group in self.param_groups:
+            params, graph_grads = self._params_with_grad(group)
+            if not params:
+                continue
+            grads = [g.detach() for g in graph_grads]
+            foreach = self._use_foreach(group, params)
+            context, vectors = self._prepare(group, params, grads, foreach)
+            if not self._group_corrects(group):
+                vectors = [torch.zeros_like(p) for p in params]  # no correction here: no curvature needed
+            prepared.append((group, params, grads, context, vectors, foreach))
+        if not prepared:
+            return loss
+        products: list[Tensor] | None = None
+        if corrects:
+            assert closure is not None
+            params_flat = [p for _, params, *_ in prepared for p in params]
+            vectors_flat = [v for *_, vectors, _ in prepared for v in vectors]
+            products = hessian_vector_product(self.hvp, params_flat, vectors_flat, closure, rng, self.hvp_radius)
+        stats = SquaredNorms()
+        offset = 0
+        for group, params, grads, context, _, foreach in prepared:
+            group_products = None
+            if products is not None and self._group_corrects(group):
+                group_products = products[offset : offset + len(params)]
+            offset += len(params)
+            steps = [self.state[p].get("step", 0) for p in params]
+            for n, indices in buckets_by_step(steps).items():
+                self._apply(
+                    group,
+                    _pick(params, indices),
+                    _pick(grads, indices),
+                    _pick_context(context, indices, len(params)),
+                    None if group_products is None else _pick(group_products, indices),
+                    n,
+                    foreach,
+                    stats,
+                )
+            for param in params:
+                self.state[param]["step"] = self.state[param].get("step", 0) + 1
+        self._end_step(self._recipes(stats))
+        return loss
+
+
+def _pick(items: list[Tensor], indices: list[int]) -> list[Tensor]:
+    return items if len(indices) == len(items) else [items[i] for i in indices]
+
+
+def _pick_context(context: dict[str, list[Tensor]], indices: list[int], total: int) -> dict[str, list[Tensor]]:
+    """The context is a dict of per-tensor lists; keep the entries of one step-count bucket."""
+    if len(indices) == total:
+        return context
+    return {key: [values[i] for i in indices] for key, values in context.items()}
