@@ -269,9 +269,12 @@ def stdlib_source_files(include_tests: bool = True) -> tuple[Path, list[Path]]:
     """The running interpreter's standard library ``.py`` files in sorted (relative path) order."""
     base = Path(sysconfig.get_paths()["stdlib"])
     excluded = EXCLUDED_DIRS | (set() if include_tests else TEST_DIRS)
-    files = [path for path in base.rglob("*.py")
-             if path.is_file() and not excluded.intersection(path.relative_to(base).parts[:-1])]
-    return base, sorted(files, key=lambda path: path.relative_to(base).as_posix())
+    relative: list[str] = []
+    for folder, subfolders, names in os.walk(base):
+        subfolders[:] = [name for name in subfolders if name not in excluded]  # prune: never walk site-packages
+        prefix = os.path.relpath(folder, base).replace(os.sep, "/")
+        relative += [name if prefix == "." else f"{prefix}/{name}" for name in names if name.endswith(".py")]
+    return base, [base / name for name in sorted(relative)]
 
 
 @DATASETS.register("stdlib_text", config=StdlibTextConfig)
