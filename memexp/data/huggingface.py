@@ -38,7 +38,8 @@ class HFSourceConfig:
 
 
 def check_source(cfg: HFSourceConfig) -> None:
-    require(bool(cfg.path), "path", cfg.path,
+    """Called by the builders (not by ``check()``: the option must compose on its own, path unset)."""
+    require(bool(cfg.path), "data.path", cfg.path,
             "a dataset for datasets.load_dataset: a folder, a builder such as parquet/json/text with "
             "data.data_files=..., or a Hub name")
 
@@ -91,7 +92,6 @@ class HFImagesConfig(DataConfig, HFSourceConfig):
     normalize: bool = True
 
     def check(self) -> None:
-        check_source(self)
         require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in (0, 1)")
         require(self.crop_padding >= 0, "crop_padding", self.crop_padding, "an integer >= 0")
 
@@ -114,6 +114,7 @@ def images_of(dataset: Any, cfg: HFImagesConfig) -> tuple[np.ndarray, np.ndarray
 
 @DATASETS.register("hf_images", config=HFImagesConfig)
 def build_hf_images(cfg: HFImagesConfig, device: torch.device) -> InMemoryClassification:
+    check_source(cfg)
     train = load_split(cfg, cfg.train_split)
     train_images, train_labels = images_of(train, cfg)
     if cfg.val_split is None:
@@ -154,9 +155,6 @@ class HFTextConfig(TextDataConfig, HFSourceConfig):
     text_column: str = "text"
     root: str = "${paths.data_root}"  # the token cache goes to <root>/hf_text/
 
-    def check(self) -> None:
-        check_source(self)
-        super().check()
 
 
 def hf_token_stream(cfg: HFTextConfig, split: str) -> Any:
@@ -173,6 +171,7 @@ def hf_token_stream(cfg: HFTextConfig, split: str) -> Any:
 
 @DATASETS.register("hf_text", config=HFTextConfig)
 def build_hf_text(cfg: HFTextConfig, device: torch.device) -> TokenBlocks:
+    check_source(cfg)
     name = Path(cfg.path).name or cfg.path
     train = hf_token_stream(cfg, cfg.train_split)
     if cfg.val_split is None:

@@ -305,8 +305,8 @@ class TextFileConfig(TextDataConfig):
     download: bool = False  # fetch download_url when the file is missing (needs a network)
 
     def check(self) -> None:
+        # An empty path passes here (the option must compose on its own) and is reported by the builder.
         super().check()
-        require(bool(self.path), "path", self.path, "the path of a local UTF-8 text file, e.g. data.path=input.txt")
         require(not self.download or bool(self.download_url), "download", self.download,
                 "false unless data.download_url is set")
 
@@ -325,6 +325,7 @@ def download_file(url: str, path: Path) -> None:
 
 @DATASETS.register("text_file", config=TextFileConfig)
 def build_text_file(cfg: TextFileConfig, device: torch.device) -> TokenBlocks:
+    require(bool(cfg.path), "data.path", cfg.path, "the path of a local UTF-8 text file, e.g. data.path=input.txt")
     path = Path(cfg.path).expanduser()
     if not path.is_file() and cfg.download and cfg.download_url:
         download_file(cfg.download_url, path)

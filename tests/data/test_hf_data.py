@@ -75,3 +75,5 @@ def test_missing_local_files_are_a_one_line_data_error(tmp_path):
     with pytest.raises(DataNotFoundError, match="could not be loaded") as error:
         DATASETS.build("hf_text", cfg, CPU)
     assert "\n" not in str(error.value)
+    with pytest.raises(ConfigValueError, match="data.path=''"):
+        DATASETS.build("hf_images", HFImagesConfig(), CPU)
