@@ -190,10 +190,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per loop")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, caches)")
     parser.add_argument("--loader-seconds", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: its default)")
     parser.add_argument("--data-root", default="", help="token cache folder (default: a temporary one)")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = memexp_train.resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

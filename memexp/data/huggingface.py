@@ -54,7 +54,7 @@ def load_split(cfg: HFSourceConfig, split: str) -> Any:
         data_files = OmegaConf.to_container(data_files)
     try:
         return datasets.load_dataset(cfg.path, cfg.config_name, data_files=data_files, split=split,
-                                     cache_dir=cfg.cache_dir)
+                                     cache_dir=str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None)
     except (FileNotFoundError, ConnectionError, OSError) as error:
         raise DataNotFoundError(
             f"Hugging Face dataset {cfg.path!r} (data_files={data_files!r}, split={split!r}) could not be loaded: "

@@ -34,9 +34,9 @@ from memexp.models.registry import MODELS, ModelConfig
 @dataclass
 class GPTConfig(ModelConfig):
     name: str = "gpt"
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 192
+    n_layer: int = 3
+    n_head: int = 3
+    n_embd: int = 48
     block_size: int = 0  # 0: the dataset's block size
     dropout: float = 0.0
     bias: bool = True  # biases in linear layers and LayerNorms, as GPT-2

@@ -29,10 +29,10 @@ SHORTCUTS = ("conv", "pad")
 @dataclass
 class ResNetConfig(ModelConfig):
     name: str = "resnet"
-    stage_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])  # BasicBlocks per stage
-    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])  # channels per stage
+    stage_blocks: list[int] = field(default_factory=lambda: [3, 3, 3])  # BasicBlocks per stage (resnet20)
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # channels per stage
     preact: bool = False
-    shortcut: str = "conv"  # conv: 1x1 conv (+BN) where shapes change (option B); pad: option A, no parameters
+    shortcut: str = "pad"  # conv: 1x1 conv (+BN) where shapes change (option B); pad: option A, no parameters
     zero_init_residual: bool = False  # start each residual branch at zero (Goyal et al. 2017)
 
     def check(self) -> None:

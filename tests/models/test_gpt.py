@@ -52,7 +52,7 @@ def test_gpt_small_with_the_gpt2_vocabulary_is_gpt2_small():
 
 
 @pytest.mark.parametrize(("name", "documented", "layers", "dim"), [
-    ("gpt_nano", 109_488, 3, 48), ("gpt_mini", 2_767_872, 6, 192), ("gpt", 2_767_872, 6, 192),
+    ("gpt_nano", 109_488, 3, 48), ("gpt_mini", 2_767_872, 6, 192), ("gpt", 109_488, 3, 48),
     ("gpt_small", 85_449_216, 12, 768),
 ])
 def test_preset_parameter_counts_with_byte_tokens(name, documented, layers, dim):
