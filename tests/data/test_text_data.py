@@ -161,3 +161,25 @@ def test_text_errors_name_the_key_or_the_path(tmp_path):
     with pytest.raises(ConfigValueError, match="data.block_size"):
         DATASETS.build("text_file", TextFileConfig(path=str(short), block_size=64), CPU)
 
+
+
+def test_data_roots_follow_memexp_data_and_default_to_the_user_cache(compose, monkeypatch, tmp_path):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("MEMEXP_DATA", str(tmp_path))
+    cfg = compose(["model=gpt", "data=shakespeare_char"])
+    assert OmegaConf.to_object(cfg.data).path == f"{tmp_path}/shakespeare/input.txt"
+    assert compose(["data=cifar10"]).data.root == str(tmp_path)
+    monkeypatch.delenv("MEMEXP_DATA")
+    assert compose(["data=stdlib_text"]).data.root == "~/.cache/memexp"
+
+
+def test_shakespeare_char_reads_the_file_in_the_data_root(tmp_path):
+    path = tmp_path / "shakespeare" / "input.txt"
+    path.parent.mkdir()
+    path.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20)
+    cfg = TextFileConfig(path=str(path), block_size=16, download_url="https://example.org/input.txt")
+    bundle = DATASETS.build("text_file", cfg, CPU)
+    assert bundle.spec.num_classes == len(set(path.read_text()))
+    x, y = next(bundle.train_iterator(4, seed=0))
+    torch.testing.assert_close(x[:, 1:], y[:, :-1], rtol=0, atol=0)
