@@ -70,10 +70,10 @@ def top_eigenvalue(
     generator = seeded_generator(seed, device)
     start = torch.randn(dim, generator=generator, device=generator.device).to(device=device, dtype=dtype)
     start /= torch.linalg.vector_norm(start)
-    max_iterations = max(1, min(max_iterations, dim))
     if method == "power":
-        return _power(matmat, start, max_iterations, tolerance)
-    return _lanczos(matmat, start, max_iterations, tolerance)
+        return _power(matmat, start, max(1, max_iterations), tolerance)
+    # A Krylov space cannot grow past the dimension: after `dim` steps Lanczos is exact.
+    return _lanczos(matmat, start, max(1, min(max_iterations, dim)), tolerance)
 
 
 def _power(matmat: MatMat, q: Tensor, max_iterations: int, tolerance: float) -> EigenResult:

@@ -165,7 +165,10 @@ class HessianOperator:
 
     def _matmat(self, block: Tensor) -> Tensor:
         if self._curvlinops is not None:
-            return self._curvlinops @ block
+            with warnings.catch_warnings():
+                # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+                return self._curvlinops @ block
         return torch.stack([self._finite_difference(block[:, k]) for k in range(block.shape[1])], dim=1)
 
     def _finite_difference(self, vector: Tensor) -> Tensor:

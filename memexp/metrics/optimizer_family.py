@@ -104,7 +104,9 @@ class GroupCorrection:
 
 def group_correction(family: str, optimizer: torch.optim.Optimizer, group: dict[str, Any],
                      n: int | None) -> GroupCorrection | None:
-    lr = float(group["lr"])
+    # A memoryless twin adds the correction explicitly, scaled by its ``correction_scale`` (none when
+    # ``correction`` is off): log the penalty it actually applies.
+    lr = float(group["lr"]) * float(group.get("correction_scale", 1.0)) * float(group.get("correction", True))
     if family == "heavy_ball":
         beta, dampening = float(group["momentum"]), float(group.get("dampening", 0.0))
         if group.get("nesterov", False) or dampening != 0.0:
