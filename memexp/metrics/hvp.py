@@ -118,6 +118,15 @@ class ProbeLoss:
         return total_loss, total_grad
 
 
+@contextmanager
+def quiet_forward_ad_import() -> Iterator[None]:
+    """torch's forward-AD decompositions call the deprecated ``torch.jit.script`` on first use;
+    that FutureWarning is torch's business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        yield
+
+
 class HessianOperator:
     """The Hessian of the probe loss w.r.t. the trainable parameters, on flat vectors.
 
@@ -140,18 +149,28 @@ class HessianOperator:
         self.matvecs = 0  # Hessian-vector products spent, for the cost report
         self._curvlinops = None
         if backend == "autodiff":
-            from curvlinops import HessianLinearOperator
+            with quiet_forward_ad_import():  # linear_operator (a curvlinops dependency) jit-scripts at import
+                from curvlinops import HessianLinearOperator
 
             # curvlinops' own determinism probe (two gradient passes and two matvecs, compared)
             # catches dropout or train-mode BatchNorm, which would corrupt Lanczos and Hutchinson.
-            self._curvlinops = HessianLinearOperator(
-                probe.model,
-                LossModule(probe.loss_fn),
-                probe.params,
-                probe.batches,
-                check_deterministic=check_deterministic,
-                num_data=probe.num_examples,
-            )
+            try:
+                with quiet_forward_ad_import():
+                    self._curvlinops = HessianLinearOperator(
+                        probe.model,
+                        LossModule(probe.loss_fn),
+                        probe.params,
+                        probe.batches,
+                        check_deterministic=check_deterministic,
+                        num_data=probe.num_examples,
+                    )
+            except RuntimeError as error:
+                if "deterministic" not in str(error):
+                    raise
+                raise NonDeterministicModelError(
+                    f"metrics: the probe loss is not deterministic (curvlinops: {error}); a stochastic layer "
+                    "active in eval mode? Curvature estimates would be meaningless"
+                ) from error
         elif check_deterministic:
             determinism_probe(probe, self)
 
@@ -165,9 +184,7 @@ class HessianOperator:
 
     def _matmat(self, block: Tensor) -> Tensor:
         if self._curvlinops is not None:
-            with warnings.catch_warnings():
-                # torch's forward-AD decompositions call the deprecated torch.jit.script on first use.
-                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+            with quiet_forward_ad_import():
                 return self._curvlinops @ block
         return torch.stack([self._finite_difference(block[:, k]) for k in range(block.shape[1])], dim=1)
 
@@ -197,8 +214,8 @@ def determinism_probe(probe: ProbeLoss, operator: HessianOperator | None = None,
     for what, a, b in pairs:
         if not torch.allclose(a, b, rtol=rtol, atol=atol):
             raise NonDeterministicModelError(
-                f"metrics: the probe-set {what} differs between two identical evaluations "
-                "(dropout or BatchNorm in train mode?); curvature estimates would be meaningless"
+                f"metrics: the probe loss is not deterministic: its {what} differs between two identical "
+                "evaluations (a stochastic layer active in eval mode?); curvature estimates would be meaningless"
             )
 
 

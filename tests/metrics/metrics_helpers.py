@@ -45,7 +45,8 @@ def tiny_net(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
 
 def tiny_data(examples: int = 16, dtype: torch.dtype = torch.float64, seed: int = 1) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(examples, 3, generator=generator, dtype=dtype), torch.randint(0, 3, (examples,), generator=generator)
+    inputs = torch.randn(examples, 3, generator=generator, dtype=dtype)
+    return inputs, torch.randint(0, 3, (examples,), generator=generator)
 
 
 def dense_hessian(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> Tensor:  # noqa: ANN001
@@ -62,3 +63,53 @@ def dense_hessian(model: nn.Module, loss_fn, x: Tensor, y: Tensor) -> Tensor:  #
         return loss_fn(functional_call(model, parts, (x,)), y)
 
     return torch.autograd.functional.hessian(loss_of, flat)
+
+
+def read_wandb_records(path) -> list:  # noqa: ANN001
+    """The protobuf records of a W&B transaction log (``run-<id>.wandb``).
+
+    wandb >= 0.2x no longer ships a Python reader (``wandb.sdk.internal.datastore`` is gone; the Go
+    core writes the file), so this decodes the format directly: a 7-byte header (":W&B", magic
+    0xBEE1, version), then LevelDB-log style 32 KiB blocks of chunks, each with a 7-byte header
+    (crc32c, little-endian length, type 1 full / 2 first / 3 middle / 4 last)."""
+    import struct
+    from pathlib import Path
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    block_size, header_size = 32768, 7
+    records, pending, offset = [], b"", header_size
+    while offset + header_size <= len(data):
+        room = block_size - offset % block_size
+        if room < header_size:  # the rest of a block too small for a chunk header is padding
+            offset += room
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + header_size])
+        chunk = data[offset + header_size : offset + header_size + length]
+        offset += header_size + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def wandb_logged_keys(run_dir) -> tuple[set[str], set[str]]:  # noqa: ANN001
+    """(history keys, summary keys) of the one offline W&B run under ``run_dir``."""
+    from pathlib import Path
+
+    (log,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    history, summary = set(), set()
+    for record in read_wandb_records(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        elif kind == "summary":
+            summary |= {item.key or "/".join(item.nested_key) for item in record.summary.update}
+    return history, summary

@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from metrics_helpers import Quadratic, dense_hessian, matrix_with_spectrum, mean_output, quadratic_batch, tiny_data, tiny_net
+from metrics_helpers import (
+    Quadratic,
+    dense_hessian,
+    matrix_with_spectrum,
+    mean_output,
+    quadratic_batch,
+    tiny_data,
+    tiny_net,
+)
 
 from memexp.metrics import curvature
 from memexp.metrics.hvp import HessianOperator, ProbeLoss
