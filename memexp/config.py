@@ -180,7 +180,8 @@ class MetricsConfig:
     sharpness_method: EigenMethod = EigenMethod.lanczos
     sharpness_iters: int = 20  # product budget of the top-eigenvalue solver
     sharpness_tol: float = 1e-3  # relative residual at which it stops early
-    exact_diag_max_numel: int = 32  # tensors this small get their exact Hessian diagonal for R_med
+    exact_diag_max_numel: int = 32  # tensors this small get their exact Hessian diagonal for R_med,
+    exact_diag_budget: int = 64  # ... in model order while the products this costs stay within this budget
     hvp: HvpBackend = HvpBackend.auto
     fd_step: float = 1e-3  # finite-difference step in parameter space (central differences)
     seed: int = 0  # probe vectors and the eigen-solver's start vector (same for every run)
@@ -207,6 +208,7 @@ class MetricsConfig:
         require(self.sharpness_iters > 0, "sharpness_iters", self.sharpness_iters, "an integer > 0")
         require(self.sharpness_tol > 0, "sharpness_tol", self.sharpness_tol, "a number > 0")
         require(self.exact_diag_max_numel >= 0, "exact_diag_max_numel", self.exact_diag_max_numel, "an integer >= 0")
+        require(self.exact_diag_budget >= 0, "exact_diag_budget", self.exact_diag_budget, "an integer >= 0")
         require(self.fd_step > 0, "fd_step", self.fd_step, "a number > 0")
 
 

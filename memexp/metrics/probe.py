@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -264,17 +265,19 @@ def curvature_metrics(probe: ProbeLoss, optimizer: torch.optim.Optimizer, cfg: M
 
 def r_med_metrics(probe: ProbeLoss, operator: HessianOperator, hutch: curvature.HutchinsonResult,
                   cfg: MetricsConfig) -> dict[str, float]:
-    """R_med per tensor (exact diagonal for tensors of at most ``exact_diag_max_numel`` entries, the
-    Hutchinson diagonal otherwise) and its median over the weight tensors (ndim >= 2; over all
-    tensors when the model has none). On the exactly computed tensors the Hutchinson diagonal's
-    relative error is logged too (``geom/r_med_diag_error``): the probe-noise check the spec asks for."""
+    """R_med per tensor (exact diagonal for tensors of at most ``exact_diag_max_numel`` entries, in
+    model order while their products fit ``exact_diag_budget``; the Hutchinson diagonal otherwise) and
+    its median over the weight tensors (ndim >= 2; over all tensors when the model has none). On the
+    exactly computed tensors the Hutchinson diagonal's relative error is logged too
+    (``geom/r_med_diag_error``): the probe-noise check the spec asks for."""
     out: dict[str, float] = {}
     device, dtype = probe.params[0].device, probe.params[0].dtype
-    offset, weights, others, errors = 0, [], [], []
+    offset, weights, others, errors, budget = 0, [], [], [], cfg.exact_diag_budget
     for name, param in zip(probe.names, probe.params):
         size = param.numel()
         estimate = hutch.diagonal[offset : offset + size]
-        if size <= cfg.exact_diag_max_numel:
+        if 2 <= size <= min(cfg.exact_diag_max_numel, budget):
+            budget -= size
             diagonal = curvature.exact_diagonal_slice(operator.matmat, probe.dim, offset, offset + size, device,
                                                       dtype, cfg.max_columns)
             scale = float(torch.linalg.vector_norm(diagonal))
@@ -315,6 +318,9 @@ class GeometryProbe:
         self.state = ProbeState()
         self._before: list[Tensor] | None = None
         self._wants_before = "update_ratio" in cfg.metrics()
+        if "r_med" in cfg.metrics() and cfg.hutchinson_probes < 100:
+            warnings.warn(f"metrics.hutchinson_probes={cfg.hutchinson_probes}: R_med from fewer than 100 probes is "
+                          "biased upwards by probe noise (spec: >= 100)", stacklevel=2)
 
     def due(self, step: int) -> bool:
         return self.schedule.due(step)

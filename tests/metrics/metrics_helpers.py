@@ -104,7 +104,18 @@ def wandb_logged_keys(run_dir) -> tuple[set[str], set[str]]:  # noqa: ANN001
     """(history keys, summary keys) of the one offline W&B run under ``run_dir``."""
     from pathlib import Path
 
+    import time
+
     (log,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    # run.finish() returns before wandb-core has written the whole log: wait for the exit record and
+    # a size that stops changing.
+    deadline, size = time.monotonic() + 60, -1
+    while time.monotonic() < deadline:
+        records = read_wandb_records(log)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) and log.stat().st_size == size:
+            break
+        size = log.stat().st_size
+        time.sleep(0.5)
     history, summary = set(), set()
     for record in read_wandb_records(log):
         kind = record.WhichOneof("record_type")

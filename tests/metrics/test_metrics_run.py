@@ -3,6 +3,7 @@ offline transaction log, and no effect on the training trajectory."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,11 @@ def test_full_metrics_run_logs_every_key_to_jsonl_and_wandb(tmp_path: Path) -> N
     cfg = composed([*FULL, "optimizer=adamw"])
     run = build_run(cfg)
     wandb_logger = WandbLogger(WandbConfig(mode="offline"), tmp_path, {"test": True}, "metrics-test", None)
-    summary = train(run, tmp_path, [LocalLogger(tmp_path), wandb_logger])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train(run, tmp_path, [LocalLogger(tmp_path), wandb_logger])
+    dropped = [str(w.message) for w in caught if "failed and is disabled" in str(w.message)]
+    assert not dropped, dropped  # a W&B error would silently disable the backend
     events = read_metrics(tmp_path / "metrics.jsonl")
     geom_steps = [event["step"] for event in events if "geom/grad_l2sq" in event]
     assert geom_steps == [2, 4]
