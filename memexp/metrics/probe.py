@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -59,9 +59,8 @@ class MetricsSchedule:
 class ProbeState:
     """What a metrics pass may reuse from the previous one (none of it changes the values)."""
 
-    backend: str | None = None
+    backend: str | None = None  # the Hessian-vector backend chosen on the first curvature pass
     determinism_checked: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def compute_metrics(

@@ -87,6 +87,8 @@ def read_wandb_records(path) -> list:  # noqa: ANN001
             offset += room
             continue
         _, length, kind = struct.unpack("<IHB", data[offset : offset + header_size])
+        if offset + header_size + length > len(data):
+            break  # a chunk still being written
         chunk = data[offset + header_size : offset + header_size + length]
         offset += header_size + length
         if kind == 0 and length == 0:
@@ -102,9 +104,8 @@ def read_wandb_records(path) -> list:  # noqa: ANN001
 
 def wandb_logged_keys(run_dir) -> tuple[set[str], set[str]]:  # noqa: ANN001
     """(history keys, summary keys) of the one offline W&B run under ``run_dir``."""
-    from pathlib import Path
-
     import time
+    from pathlib import Path
 
     (log,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
     # run.finish() returns before wandb-core has written the whole log: wait for the exit record and
