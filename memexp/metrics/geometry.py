@@ -10,13 +10,21 @@ from torch import Tensor
 
 
 def gradient_norms(gradient: Tensor) -> dict[str, float]:
-    """|grad L|_2^2 and |grad L|_1 of the full probe-set loss (flat gradient)."""
-    g = gradient.double()
-    return {"geom/grad_l2sq": float(g @ g), "geom/grad_l1": float(g.abs().sum())}
+    """|grad L|_2^2 and |grad L|_1 of the full probe-set loss (flat gradient), float64 sums."""
+    l2sq, l1 = torch.stack([gradient.pow(2).sum(dtype=torch.float64), gradient.abs().sum(dtype=torch.float64)]).tolist()
+    return {"geom/grad_l2sq": l2sq, "geom/grad_l1": l1}
+
+
+def _squared_norms(tensors: list[Tensor]) -> list[float]:
+    """|t|_2^2 of each tensor, accumulated in float64, with ONE host transfer (on a GPU a float() per
+    tensor would be a sync per tensor)."""
+    if not tensors:
+        return []
+    return torch.stack([t.detach().pow(2).sum(dtype=torch.float64) for t in tensors]).tolist()
 
 
 def weight_norms(names: list[str], params: list[Tensor]) -> dict[str, float]:
-    squares = [float(p.detach().double().pow(2).sum()) for p in params]
+    squares = _squared_norms(params)
     out = {"geom/weight_norm": math.sqrt(sum(squares))}
     out.update({f"geom/weight_norm/{name}": math.sqrt(sq) for name, sq in zip(names, squares)})
     return out
@@ -25,10 +33,8 @@ def weight_norms(names: list[str], params: list[Tensor]) -> dict[str, float]:
 def update_ratios(names: list[str], params: list[Tensor], before: list[Tensor]) -> dict[str, float]:
     """|x_after - x_before| / |x_before| per tensor and overall (2-norms); inf for a zero tensor
     that moved, 0 for one that did not."""
-    deltas, norms = [], []
-    for param, old in zip(params, before):
-        deltas.append(float((param.detach().double() - old.double()).pow(2).sum()))
-        norms.append(float(old.double().pow(2).sum()))
+    deltas = _squared_norms([param.detach() - old for param, old in zip(params, before)])
+    norms = _squared_norms(before)
     out = {"geom/update_ratio": _ratio(sum(deltas), sum(norms))}
     out.update({f"geom/update_ratio/{name}": _ratio(d, n) for name, d, n in zip(names, deltas, norms)})
     return out
@@ -48,19 +54,17 @@ def lion_constraint(names: list[str], params: list[Tensor], decay: list[float]) 
     For every tensor with lambda > 0: max_i |x_i| lambda and the fraction of coordinates with
     |x_i| lambda > 0.99, per tensor and over all of them. Empty when no tensor is decayed."""
     out: dict[str, float] = {}
-    largest, saturated, count = 0.0, 0, 0
-    for name, param, lam in zip(names, params, decay):
-        if lam <= 0:
-            continue
-        scaled = param.detach().abs() * lam
-        top = float(scaled.max())
-        hits = int((scaled > SATURATION_LEVEL).sum())
+    decayed = [(name, param, lam) for name, param, lam in zip(names, params, decay) if lam > 0]
+    if not decayed:
+        return out
+    scaled = [param.detach().abs() * lam for _, param, lam in decayed]
+    tops = torch.stack([s.max().double() for s in scaled]).tolist()
+    hits = torch.stack([(s > SATURATION_LEVEL).sum() for s in scaled]).tolist()
+    for (name, param, _), top, hit in zip(decayed, tops, hits):
         out[f"geom/lion_linf_lambda/{name}"] = top
-        out[f"geom/lion_saturation/{name}"] = hits / param.numel()
-        largest, saturated, count = max(largest, top), saturated + hits, count + param.numel()
-    if count:
-        out["geom/lion_linf_lambda"] = largest
-        out["geom/lion_saturation"] = saturated / count
+        out[f"geom/lion_saturation/{name}"] = hit / param.numel()
+    out["geom/lion_linf_lambda"] = max(tops)
+    out["geom/lion_saturation"] = sum(hits) / sum(param.numel() for _, param, _ in decayed)
     return out
 
 

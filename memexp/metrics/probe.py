@@ -179,12 +179,11 @@ class Correction:
         )
 
     def summary(self) -> dict[str, float]:
-        g = self.g_eff.double()
-        per_coordinate = g.pow(2) if self.norm == "l2sq" else g.abs()
-        value = float((self.coef.double() * per_coordinate).sum())
+        per_coordinate = self.g_eff.pow(2) if self.norm == "l2sq" else self.g_eff.abs()
+        value, weighted_coef = torch.stack([
+            (self.coef * per_coordinate).sum(dtype=torch.float64), self.coef.mean(dtype=torch.float64)]).tolist()
         # The sign is the coefficient's (the memory's direction), not the value's: at a stationary
         # point the value is 0 but the memory still (anti-)regularizes.
-        weighted_coef = float(self.coef.double().mean())
         return {"geom/correction": value, "geom/correction_sign": sign(weighted_coef),
                 "geom/correction_coef": weighted_coef}
 
