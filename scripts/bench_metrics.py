@@ -4,8 +4,10 @@ three alike. Prints JSON.
 
     python scripts/bench_metrics.py [--reps 3] [--threads 1] [override ...]
 
-Reported: per setting the median wall time of ``train()``; ``default_overhead`` = median over reps
-of default/none - 1 (goal <= 0.05 at the default cadence); ``full_seconds_per_eval`` = the mean
+Reported: per setting the median wall and process-CPU time of ``train()``; ``default_overhead`` =
+median over reps of default/none - 1 (goal <= 0.05 at the default cadence; ``_cpu``: the same on
+CPU time; ``default_direct_overhead``: the passes' own time over the training time without
+metrics); ``full_seconds_per_eval`` = the mean
 ``geom/seconds`` of a full metrics pass. Also a Hessian-vector product micro-benchmark on the probe
 set: curvlinops (the ``autodiff`` backend) against a hand-written double backward and against
 finite differences, for one vector and for a block of ``max_columns`` vectors.
@@ -37,17 +39,17 @@ def compose(overrides: list[str]):  # noqa: ANN201
         return check_config(hydra_compose("train", overrides=["logger=none", "trainer.progress=off", *overrides]))
 
 
-def timed_run(overrides: list[str], out_dir: Path) -> tuple[float, list[float], int]:
+def timed_run(overrides: list[str], out_dir: Path) -> tuple[float, float, list[float], int]:
     from memexp.logging import LocalLogger, read_metrics
     from memexp.train import build_run, train
 
     run = build_run(compose(overrides))
     out_dir.mkdir(parents=True)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     summary = train(run, out_dir, [LocalLogger(out_dir)])
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - started_cpu
     passes = [e["geom/seconds"] for e in read_metrics(out_dir / "metrics.jsonl") if "geom/seconds" in e]
-    return elapsed, passes, int(summary["step"])
+    return elapsed, cpu, passes, int(summary["step"])
 
 
 def hvp_benchmark(overrides: list[str], reps: int = 5) -> dict[str, float]:
@@ -92,22 +94,26 @@ def hvp_benchmark(overrides: list[str], reps: int = 5) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run, e.g. model=cnn")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     wall: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
     passes: dict[str, list[float]] = {name: [] for name in SETTINGS}
     steps = 0
     with tempfile.TemporaryDirectory(prefix="bench_metrics_") as tmp:
         for rep in range(args.reps):
             for name in SETTINGS:
-                elapsed, seconds, steps = timed_run([f"metrics={name}", *args.overrides], Path(tmp) / f"{name}{rep}")
+                elapsed, cpu_s, seconds, steps = timed_run([f"metrics={name}", *args.overrides],
+                                                           Path(tmp) / f"{name}{rep}")
                 wall[name].append(elapsed)
+                cpu[name].append(cpu_s)
                 passes[name].extend(seconds)
     ratios = {name: [w / n for w, n in zip(wall[name], wall["none"])] for name in SETTINGS}
+    cpu_ratios = {name: [w / n for w, n in zip(cpu[name], cpu["none"])] for name in SETTINGS}
     report = {
         "overrides": args.overrides,
         "threads": torch.get_num_threads(),
@@ -115,14 +121,19 @@ def main() -> None:
         "steps": steps,
         "wall_s": {name: statistics.median(times) for name, times in wall.items()},
         "wall_s_all": wall,
+        "cpu_s": {name: statistics.median(times) for name, times in cpu.items()},
         "metrics_passes_per_run": {name: len(passes[name]) // args.reps for name in SETTINGS},
         "default_overhead": statistics.median(ratios["default"]) - 1,
+        # Process CPU time: with one intra-op thread it is the work done, much less sensitive than
+        # wall time to other processes on a shared machine.
+        "default_overhead_cpu": statistics.median(cpu_ratios["default"]) - 1,
         # The metrics passes' own time over the training time without metrics: the overhead with the
         # machine's noise taken out (the side-by-side ratio above carries it).
         "default_direct_overhead": sum(passes["default"]) / args.reps / statistics.median(wall["none"]),
         "default_overhead_goal": 0.05,
         "default_seconds_per_eval": statistics.mean(passes["default"]) if passes["default"] else None,
         "full_overhead": statistics.median(ratios["full"]) - 1,
+        "full_overhead_cpu": statistics.median(cpu_ratios["full"]) - 1,
         "full_seconds_per_eval": statistics.mean(passes["full"]) if passes["full"] else None,
         "hvp": hvp_benchmark(args.overrides),
     }

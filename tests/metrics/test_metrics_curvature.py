@@ -152,3 +152,41 @@ def test_sharpness_trace_and_preconditioned_sharpness_on_a_tiny_net_match_dense_
     assert pre.value == pytest.approx(float(reference), rel=1e-6)
     hutch = curvature.hutchinson(operator.matmat, dim, CPU, torch.float64, probes=200, seed=0)
     assert abs(hutch.trace - float(hessian.trace())) <= 3 * hutch.trace_std_error
+
+
+class SeparableQuadratic(torch.nn.Module):
+    """L = 1/2 sum_i d_i a_i^2 + 1/2 sum_ij e_ij W_ij^2: a diagonal Hessian with known entries per tensor."""
+
+    def __init__(self, d: torch.Tensor, e: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("d", d)
+        self.register_buffer("e", e)
+        self.a = torch.nn.Parameter(torch.ones_like(d))
+        self.w = torch.nn.Parameter(torch.full_like(e, 0.5))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        value = 0.5 * (self.d * self.a**2).sum() + 0.5 * (self.e * self.w**2).sum()
+        return value.expand(inputs.shape[0])
+
+
+def test_r_med_per_tensor_exact_and_hutchinson_paths_and_the_weight_tensor_median() -> None:
+    from memexp.config import MetricsConfig, MetricsTier
+    from memexp.metrics import compute_metrics
+
+    d = torch.tensor([1.0, -3.0, 2.0, 0.5, 4.0], dtype=torch.float64)  # |.| sorted 0.5 1 2 3 4: R = 4/2
+    e = torch.arange(1.0, 41.0, dtype=torch.float64).reshape(5, 8)  # 1..40: R = 40 / 20.5
+    model = SeparableQuadratic(d, e)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = MetricsConfig(every=1, tier=MetricsTier.economy, include=["r_med"], hutchinson_probes=6,
+                        exact_diag_max_numel=5, exact_diag_budget=64)
+    out = compute_metrics(model, mean_output, quadratic_batch(), optimizer, cfg)
+    assert out["geom/r_med/a"] == pytest.approx(2.0)  # exact diagonal (5 entries)
+    assert out["geom/r_med_neg_frac/a"] == pytest.approx(1 / 5)
+    assert out["geom/r_med/w"] == pytest.approx(40 / 20.5)  # Hutchinson, exact for a diagonal Hessian
+    assert out["geom/r_med"] == pytest.approx(40 / 20.5)  # the median over weight tensors (ndim >= 2) only
+    assert out["geom/r_med_diag_error"] == pytest.approx(0.0, abs=1e-12)
+    assert out["geom/hvp_count"] == 6 + 5  # the probes plus one product per exact diagonal entry
+    over_budget = compute_metrics(model, mean_output, quadratic_batch(), optimizer,
+                                  MetricsConfig(every=1, include=["r_med"], hutchinson_probes=6,
+                                                exact_diag_max_numel=5, exact_diag_budget=4))
+    assert over_budget["geom/hvp_count"] == 6 and "geom/r_med_diag_error" not in over_budget
