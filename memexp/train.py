@@ -302,6 +302,8 @@ def train(
                 **last_eval,
                 **last_geometry,
             )
+            if geometry is not None:
+                summary["metrics_time_s"] = sum(geometry.seconds)  # the cost of the geom/* passes
             summary.pop("stopped_by", None)
             logger.summary(summary)
         except BaseException as error:

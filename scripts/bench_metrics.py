@@ -8,7 +8,7 @@ Reported: per setting the median wall and process-CPU time of ``train()``; ``def
 median over reps of default/none - 1 (goal <= 0.05 at the default cadence; ``_cpu``: the same on
 CPU time; ``default_direct_overhead``: the passes' own time over the training time without
 metrics); ``full_seconds_per_eval`` = the mean
-``geom/seconds`` of a full metrics pass. Also a Hessian-vector product micro-benchmark on the probe
+wall time of a full metrics pass. Also a Hessian-vector product micro-benchmark on the probe
 set: curvlinops (the ``autodiff`` backend) against a hand-written double backward and against
 finite differences, for one vector and for a block of ``max_columns`` vectors.
 """
@@ -40,7 +40,7 @@ def compose(overrides: list[str]):  # noqa: ANN201
 
 
 def timed_run(overrides: list[str], out_dir: Path) -> tuple[float, float, list[float], int]:
-    from memexp.logging import LocalLogger, read_metrics
+    from memexp.logging import LocalLogger
     from memexp.train import build_run, train
 
     run = build_run(compose(overrides))
@@ -48,7 +48,7 @@ def timed_run(overrides: list[str], out_dir: Path) -> tuple[float, float, list[f
     started, started_cpu = time.perf_counter(), time.process_time()
     summary = train(run, out_dir, [LocalLogger(out_dir)])
     elapsed, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-    passes = [e["geom/seconds"] for e in read_metrics(out_dir / "metrics.jsonl") if "geom/seconds" in e]
+    passes = list(run.geometry.seconds) if run.geometry is not None else []
     return elapsed, cpu, passes, int(summary["step"])
 
 

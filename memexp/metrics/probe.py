@@ -76,7 +76,6 @@ def compute_metrics(
     """All metrics ``cfg`` selects, as ``{"geom/...": float}``. The model is put in eval mode (and
     back), gradients are not touched (``torch.autograd.grad``), the global RNG state is restored:
     the training trajectory is the same with or without this call."""
-    started = time.perf_counter()
     state = state or ProbeState()
     selected = set(cfg.metrics())
     out: dict[str, float] = {}
@@ -111,7 +110,6 @@ def compute_metrics(
         wanted = [name for name in CURVATURE_METRICS if name in selected]
         if wanted:
             out.update(curvature_metrics(probe, optimizer, cfg, wanted, correction, state))
-    out["geom/seconds"] = time.perf_counter() - started
     return out
 
 
@@ -314,6 +312,8 @@ class GeometryProbe:
         self.batch = (x[: cfg.probe_size], y[: cfg.probe_size])
         self.schedule = MetricsSchedule(cfg.every, max_steps, cfg.schedule, cfg.per_decade)
         self.state = ProbeState()
+        # Wall time of each pass: kept out of the logged metrics (timing is not a property of the run).
+        self.seconds: list[float] = []
         self._before: list[Tensor] | None = None
         self._wants_before = "update_ratio" in cfg.metrics()
         if "r_med" in cfg.metrics() and cfg.hutchinson_probes < 100:
@@ -330,4 +330,7 @@ class GeometryProbe:
 
     def compute(self, step: int) -> dict[str, float]:
         before, self._before = self._before, None
-        return compute_metrics(self.model, self.loss_fn, self.batch, self.optimizer, self.cfg, step, before, self.state)
+        started = time.perf_counter()
+        out = compute_metrics(self.model, self.loss_fn, self.batch, self.optimizer, self.cfg, step, before, self.state)
+        self.seconds.append(time.perf_counter() - started)
+        return out

@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from metrics_helpers import (
+
+from memexp.metrics import curvature
+from memexp.metrics.hvp import HessianOperator, ProbeLoss
+from tests.metrics.metrics_helpers import (
     Quadratic,
     dense_hessian,
     matrix_with_spectrum,
@@ -16,9 +19,6 @@ from metrics_helpers import (
     tiny_data,
     tiny_net,
 )
-
-from memexp.metrics import curvature
-from memexp.metrics.hvp import HessianOperator, ProbeLoss
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,6 @@ from fractions import Fraction
 
 import pytest
 import torch
-from metrics_helpers import Quadratic, mean_output, quadratic_batch
 
 from memexp.config import MetricsConfig, MetricsTier
 from memexp.metrics import compute_metrics
@@ -17,6 +16,7 @@ from memexp.metrics.optimizer_family import (
     lion_coefficients,
     optimizer_family,
 )
+from tests.metrics.metrics_helpers import Quadratic, mean_output, quadratic_batch
 
 
 class Lion(torch.optim.Optimizer):

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from metrics_helpers import wandb_logged_keys
 
 from memexp.config import METRIC_NAMES, MetricsConfig, MetricsTier, TrackSchedule, register_configs
 from memexp.errors import ConfigValueError
 from memexp.logging import LocalLogger, read_metrics
 from memexp.metrics import MetricsSchedule
 from memexp.train import build_run, check_config, config_dir, train
+from tests.metrics.metrics_helpers import wandb_logged_keys
 
 ISSUE_KEYS = {  # the names issue 5 lists (am_beta needs an adaptive-memory optimizer: see the unit test)
     "geom/grad_l2sq", "geom/grad_l1", "geom/correction", "geom/correction_sign", "geom/r_med", "geom/sharpness",
