@@ -128,13 +128,88 @@ class LoggerConfig:
                 raise error.with_prefix("wandb") from None
 
 
+class MetricsTier(Enum):
+    """Cost tiers, each a superset of the one before (like cockpit's)."""
+
+    economy = "economy"  # one probe-set gradient plus optimizer-state reads: cheap enough for every eval
+    business = "business"  # + curvature from a few dozen Hessian-vector products
+    full = "full"  # + R_med (>= 100 Hutchinson probes and exact diagonals of small tensors)
+
+
+class TrackSchedule(Enum):
+    linear = "linear"  # every `every` steps
+    log = "log"  # `per_decade` log-spaced steps per factor of 10 early on, never sparser than `every`
+
+
+class EigenMethod(Enum):
+    lanczos = "lanczos"
+    power = "power"
+
+
+class HvpBackend(Enum):
+    auto = "auto"  # autodiff when the model supports it, else finite differences
+    autodiff = "autodiff"  # curvlinops (forward-over-reverse through torch.func), exact
+    finite_difference = "finite_difference"  # central differences of gradients: any model
+
+
+METRIC_TIERS: dict[str, tuple[str, ...]] = {
+    "economy": ("grad_norms", "correction", "weight_norm", "update_ratio", "lion_constraint", "am_beta"),
+    "business": ("sharpness", "sharpness_precond", "hessian_trace", "correction_ratio"),
+    "full": ("r_med",),
+}
+METRIC_NAMES: tuple[str, ...] = tuple(name for names in METRIC_TIERS.values() for name in names)
+
+
 @dataclass
 class MetricsConfig:
-    # Implicit-regularization metrics (issue 5) plug in here; `every: 0` computes none.
-    every: int = 0
+    """Implicit-regularization and local-geometry metrics (memexp.metrics), logged as ``geom/*``.
+
+    All are computed on a fixed probe set (the first ``probe_size`` examples of the fixed training
+    subset the gap is measured on), the model in eval mode, in fp32."""
+
+    every: int = 0  # cadence in steps; 0: no metrics at all (the final step is always included)
+    schedule: TrackSchedule = TrackSchedule.linear
+    per_decade: int = 10  # log schedule: points per factor of 10 in the step count
+    tier: MetricsTier = MetricsTier.economy
+    include: list[str] = field(default_factory=list)  # metrics added to the tier's
+    exclude: list[str] = field(default_factory=list)  # metrics removed from the tier's
+    probe_size: int = 256  # examples in the probe set (capped at the training subset's size)
+    probe_chunk: int = 0  # examples per forward pass over the probe set; 0: all at once
+    hutchinson_probes: int = 100  # Rademacher probes for the Hessian trace and diagonal (R_med)
+    max_columns: int = 16  # Hessian-vector products evaluated together (memory grows with it)
+    sharpness_method: EigenMethod = EigenMethod.lanczos
+    sharpness_iters: int = 20  # product budget of the top-eigenvalue solver
+    sharpness_tol: float = 1e-3  # relative residual at which it stops early
+    exact_diag_max_numel: int = 32  # tensors this small get their exact Hessian diagonal for R_med,
+    exact_diag_budget: int = 64  # ... in model order while the products this costs stay within this budget
+    hvp: HvpBackend = HvpBackend.auto
+    fd_step: float = 1e-3  # finite-difference step in parameter space (central differences)
+    seed: int = 0  # probe vectors and the eigen-solver's start vector (same for every run)
+    check_deterministic: bool = True  # probe once that the probe loss is deterministic
+
+    def metrics(self) -> list[str]:
+        """The metric names this config computes, in a fixed order."""
+        tiers = list(METRIC_TIERS)
+        chosen = {name for tier in tiers[: tiers.index(self.tier.value) + 1] for name in METRIC_TIERS[tier]}
+        chosen = (chosen | set(self.include)) - set(self.exclude)
+        return [name for name in METRIC_NAMES if name in chosen]
 
     def check(self) -> None:
         require(self.every >= 0, "every", self.every, "an integer >= 0 (0: never)")
+        require(self.per_decade > 0, "per_decade", self.per_decade, "an integer > 0")
+        for key, names in (("include", self.include), ("exclude", self.exclude)):
+            for name in names:
+                require(name in METRIC_NAMES, key, name, f"names from {', '.join(METRIC_NAMES)}")
+        require(self.probe_size > 0, "probe_size", self.probe_size, "an integer > 0")
+        require(self.probe_chunk >= 0, "probe_chunk", self.probe_chunk, "an integer >= 0 (0: the whole probe set)")
+        require(self.hutchinson_probes >= 2, "hutchinson_probes", self.hutchinson_probes,
+                "an integer >= 2 (>= 100 for R_med, per the spec)")
+        require(self.max_columns > 0, "max_columns", self.max_columns, "an integer > 0")
+        require(self.sharpness_iters > 0, "sharpness_iters", self.sharpness_iters, "an integer > 0")
+        require(self.sharpness_tol > 0, "sharpness_tol", self.sharpness_tol, "a number > 0")
+        require(self.exact_diag_max_numel >= 0, "exact_diag_max_numel", self.exact_diag_max_numel, "an integer >= 0")
+        require(self.exact_diag_budget >= 0, "exact_diag_budget", self.exact_diag_budget, "an integer >= 0")
+        require(self.fd_step > 0, "fd_step", self.fd_step, "a number > 0")
 
 
 @dataclass

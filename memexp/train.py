@@ -31,6 +31,7 @@ from memexp.data import DATASETS, BatchIterator, DataBundle
 from memexp.errors import ConfigValueError, MemexpError
 from memexp.logging import LocalLogger, MetricLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter, print_summary_table
+from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.schedules import build_scheduler
@@ -117,6 +118,7 @@ class Run:
     eval_sets: dict[str, tuple[Tensor, Tensor]]
     max_steps: int
     autocast: Callable[[], AbstractContextManager[Any]]
+    geometry: GeometryProbe | None = None  # geom/* metrics on a fixed probe batch; None: metrics off
 
 
 def build_run(cfg: RunConfig) -> Run:
@@ -132,6 +134,12 @@ def build_run(cfg: RunConfig) -> Run:
     optimizer = OPTIMIZERS.build(cfg.optimizer.name, groups, cfg.optimizer)
     batches = data.train_iterator(trainer.batch_size, seed=cfg.seed)
     max_steps = trainer.epochs * batches.steps_per_epoch if trainer.epochs else trainer.max_steps
+    eval_sets = data.eval_sets(trainer.eval_examples)
+    geometry = None
+    if cfg.metrics.every > 0:
+        # The probe batch is fixed once: a slice of the same training subset the gap is measured on,
+        # identical for every optimizer and seed (the subset is part of the data, not of the run).
+        geometry = GeometryProbe(cfg.metrics, model, task.loss, optimizer, eval_sets["train"], max_steps)
     return Run(
         cfg=cfg,
         device=device,
@@ -142,9 +150,10 @@ def build_run(cfg: RunConfig) -> Run:
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, trainer, max_steps),
         batches=batches,
-        eval_sets=data.eval_sets(trainer.eval_examples),
+        eval_sets=eval_sets,
         max_steps=max_steps,
         autocast=autocast_for(device, trainer.precision),
+        geometry=geometry,
     )
 
 
@@ -236,13 +245,17 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
         return loss
 
-    status, last_eval = "running", {}
+    status, last_eval, last_geometry = "running", {}, {}
+    geometry = run.geometry if is_main else None  # metrics need no other rank: rank 0 logs them
     with GracefulStop() as stop:
         try:
             run.model.train()
             while step < run.max_steps:
                 x, y = next(run.batches)
                 x, y = distributed.shard(x), distributed.shard(y)  # this rank's slice of the global batch
+                measure = geometry is not None and geometry.due(step + 1)
+                if measure:
+                    geometry.remember_weights()  # for the update-to-weight ratio; metrics steps only
                 loss = run.optimizer.step(closure)
                 run.scheduler.step()
                 step += 1
@@ -260,6 +273,9 @@ def train(
                         status = "diverged"
                         progress.message(f"non-finite training loss ({batch_loss}) at step {step}: stopping (diverged)")
                         break
+                if measure:
+                    last_geometry = geometry.compute(step)
+                    logger.log(last_geometry, step)
                 if trainer.eval_every and step % trainer.eval_every == 0 and step < run.max_steps:
                     last_eval = evaluate_gap(run)
                     logger.log(last_eval, step)
@@ -284,7 +300,10 @@ def train(
                 wall_time_s=time.perf_counter() - started,
                 lr=run.optimizer.param_groups[0]["lr"],
                 **last_eval,
+                **last_geometry,
             )
+            if geometry is not None:
+                summary["metrics_time_s"] = sum(geometry.seconds)  # the cost of the geom/* passes
             summary.pop("stopped_by", None)
             logger.summary(summary)
         except BaseException as error:

@@ -84,3 +84,36 @@ def print_summary_table(summary: dict[str, Any]) -> None:
         f"run dir {summary.get('run_dir', '?')}"
     )
     Console().print(table)
+    print_geometry_table(summary)
+
+
+# The geom/* scalars shown under the results table, in this order (memexp.metrics; per-tensor values
+# and diagnostics stay in metrics.jsonl / W&B).
+GEOMETRY_ROWS = (
+    ("geom/grad_l2sq", "|grad L|_2^2 (probe set)"),
+    ("geom/grad_l1", "|grad L|_1 (probe set)"),
+    ("geom/correction", "implicit correction term"),
+    ("geom/correction_sign", "correction sign (+1 regularizing)"),
+    ("geom/correction_ratio", "twin correction / plain step"),
+    ("geom/sharpness", "sharpness (top Hessian eigenvalue)"),
+    ("geom/sharpness_precond", "preconditioned sharpness"),
+    ("geom/hessian_trace", "Hessian trace (Hutchinson)"),
+    ("geom/r_med", "R_med (median over weight tensors)"),
+    ("geom/lion_linf_lambda", "max |x| * lambda"),
+    ("geom/lion_saturation", "fraction |x| * lambda > 0.99"),
+    ("geom/am_beta", "adaptive-memory beta_t (mean)"),
+    ("geom/weight_norm", "weight norm"),
+    ("geom/update_ratio", "update / weight norm"),
+)
+
+
+def print_geometry_table(summary: dict[str, Any]) -> None:
+    rows = [(label, summary[key]) for key, label in GEOMETRY_ROWS if isinstance(summary.get(key), int | float)]
+    if not rows:
+        return
+    table = Table(title=f"implicit regularization and geometry at step {summary.get('step', '?')}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, value in rows:
+        table.add_row(label, f"{value:.4g}")
+    Console().print(table)

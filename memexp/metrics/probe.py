@@ -1,0 +1,336 @@
+"""One metrics pass: every selected ``geom/*`` metric of (model, loss, probe batch, optimizer).
+
+:func:`compute_metrics` is the pure entry point. :class:`GeometryProbe` is the thin stateful
+wrapper the training loop holds: the fixed probe batch, the schedule, the Hessian-vector backend
+chosen once, the weights before a metrics step (for the update-to-weight ratio).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from memexp.config import MetricsConfig, TrackSchedule
+from memexp.metrics import curvature, geometry
+from memexp.metrics.hvp import HessianOperator, LossFn, ProbeLoss, choose_backend, curvature_mode, split_batch
+from memexp.metrics.optimizer_family import (
+    adam_memory_length,
+    adam_preconditioner,
+    adaptive_beta_stats,
+    decoupled_weight_decay,
+    group_correction,
+    heavy_ball_coefficients,
+    optimizer_family,
+    sign,
+    steps_taken,
+)
+
+CURVATURE_METRICS = ("sharpness", "sharpness_precond", "hessian_trace", "correction_ratio", "r_med")
+
+
+class MetricsSchedule:
+    """When metrics are due. ``linear``: every ``every`` steps. ``log``: ``per_decade`` log-spaced
+    steps per factor of 10 (1, 2, 3, 4, 5, 6, 8, 10, 13, ... for 10 per decade), plus every
+    ``every`` steps, so the early transient is resolved and late training is never sparser than the
+    linear schedule. The last step is always included. ``every = 0``: never."""
+
+    def __init__(self, every: int, max_steps: int, schedule: TrackSchedule = TrackSchedule.linear,
+                 per_decade: int = 10) -> None:
+        self.every, self.max_steps = every, max_steps
+        self.log_steps: set[int] = set()
+        if schedule is TrackSchedule.log and every > 0:
+            exponent = 0
+            while (point := round(10 ** (exponent / per_decade))) <= max_steps:
+                self.log_steps.add(point)
+                exponent += 1
+
+    def due(self, step: int) -> bool:
+        if self.every <= 0:
+            return False
+        return step % self.every == 0 or step == self.max_steps or step in self.log_steps
+
+
+@dataclass
+class ProbeState:
+    """What a metrics pass may reuse from the previous one (none of it changes the values)."""
+
+    backend: str | None = None  # the Hessian-vector backend chosen on the first curvature pass
+    determinism_checked: bool = False
+
+
+def compute_metrics(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: tuple[Tensor, Tensor],
+    optimizer: torch.optim.Optimizer,
+    cfg: MetricsConfig,
+    step: int | None = None,
+    weights_before: list[Tensor] | None = None,
+    state: ProbeState | None = None,
+) -> dict[str, float]:
+    """All metrics ``cfg`` selects, as ``{"geom/...": float}``. The model is put in eval mode (and
+    back), gradients are not touched (``torch.autograd.grad``), the global RNG state is restored:
+    the training trajectory is the same with or without this call."""
+    state = state or ProbeState()
+    selected = set(cfg.metrics())
+    out: dict[str, float] = {}
+    with curvature_mode(model):
+        probe = ProbeLoss(model, loss_fn, split_batch(*batch, cfg.probe_chunk))
+        names, params = probe.names, probe.params
+        groups = group_of(optimizer, params)
+        family = optimizer_family(optimizer)
+        n = steps_taken(optimizer, step)
+
+        gradient: Tensor | None = None
+        if selected & {"grad_norms", "correction", "correction_ratio"}:
+            loss, gradient = probe.loss_and_gradient()
+            out["geom/probe_loss"] = float(loss)
+        if "grad_norms" in selected and gradient is not None:
+            out.update(geometry.gradient_norms(gradient))
+        if "weight_norm" in selected:
+            out.update(geometry.weight_norms(names, params))
+        if "update_ratio" in selected and weights_before is not None:
+            out.update(geometry.update_ratios(names, params, weights_before))
+        if "lion_constraint" in selected:
+            decay = [float(g["weight_decay"]) if decoupled_weight_decay(optimizer, g) else 0.0 for g in groups]
+            out.update(geometry.lion_constraint(names, params, decay))
+        if "am_beta" in selected:
+            out.update(adaptive_beta_stats(optimizer))
+        correction: Correction | None = None
+        if selected & {"correction", "correction_ratio"} and gradient is not None:
+            correction = Correction.build(optimizer, family, groups, params, gradient, n)
+            if correction is not None and "correction" in selected:
+                out.update(correction.summary())
+
+        wanted = [name for name in CURVATURE_METRICS if name in selected]
+        if wanted:
+            out.update(curvature_metrics(probe, optimizer, cfg, wanted, correction, state))
+    return out
+
+
+def group_of(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[dict]:
+    """The param group of each parameter (a parameter the optimizer does not train gets a group with
+    lr = 0 and no weight decay: it has no correction and no decay)."""
+    by_param = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    untrained = {**optimizer.param_groups[0], "params": [], "lr": 0.0, "weight_decay": 0.0}
+    return [by_param.get(id(p), untrained) for p in params]
+
+
+@dataclass
+class Correction:
+    """The implicit correction of the running optimizer at the current iterate (memoryless.md).
+
+    Per coordinate: the penalty coefficient ``coef`` (so that the modified loss is
+    ``L + sum_groups coef * norm(g_eff)``), ``g_eff`` = the gradient the optimizer sees (coupled weight
+    decay included), ``coupled`` = the coupled decay (adds ``coupled * v`` to every Hessian product)."""
+
+    family: str
+    norm: str  # "l2sq" or "l1"
+    coef: Tensor
+    g_eff: Tensor
+    coupled: Tensor
+    lr: Tensor
+    decoupled: Tensor
+    theta: Tensor
+    n: int | None
+    betas: list[tuple[float, float]]  # per coordinate group: (beta1, beta2) or (momentum, 0)
+    group_index: Tensor
+    eps: Tensor
+
+    @staticmethod
+    def build(optimizer: torch.optim.Optimizer, family: str, groups: list[dict], params: list[nn.Parameter],
+              gradient: Tensor, n: int | None) -> Correction | None:
+        per_param = [group_correction(family, optimizer, g, n) for g in groups]
+        if any(c is None for c in per_param) or not per_param:
+            return None
+        flat = lambda values: geometry.flat_per_parameter(values, params)  # noqa: E731
+        decoupled = [decoupled_weight_decay(optimizer, g) for g in groups]
+        decay = [float(g.get("weight_decay", 0.0)) for g in groups]
+        coupled = flat([0.0 if d else w for d, w in zip(decoupled, decay)])
+        theta = torch.cat([p.detach().reshape(-1) for p in params])
+        order = list(dict.fromkeys(id(g) for g in groups))
+        group_ids = [order.index(id(g)) for g in groups]
+        betas_by_group: dict[int, tuple[float, float]] = {}
+        for g, gid in zip(groups, group_ids):
+            if "betas" in g:
+                betas_by_group[gid] = (float(g["betas"][0]), float(g["betas"][1]))
+            else:
+                betas_by_group[gid] = (float(g.get("momentum", 0.0)), 0.0)
+        return Correction(
+            family=family,
+            norm=per_param[0].norm,
+            coef=flat([c.coef for c in per_param]),
+            g_eff=gradient + coupled * theta,
+            coupled=coupled,
+            lr=flat([float(g["lr"]) for g in groups]),
+            decoupled=flat([w if d else 0.0 for d, w in zip(decoupled, decay)]),
+            theta=theta,
+            n=n,
+            betas=[betas_by_group[i] for i in range(len(betas_by_group))],
+            group_index=flat(group_ids).long(),
+            eps=flat([float(g.get("eps", 0.0)) for g in groups]),
+        )
+
+    def summary(self) -> dict[str, float]:
+        per_coordinate = self.g_eff.pow(2) if self.norm == "l2sq" else self.g_eff.abs()
+        value, weighted_coef = torch.stack([
+            (self.coef * per_coordinate).sum(dtype=torch.float64), self.coef.mean(dtype=torch.float64)]).tolist()
+        # The sign is the coefficient's (the memory's direction), not the value's: at a stationary
+        # point the value is 0 but the memory still (anti-)regularizes.
+        return {"geom/correction": value, "geom/correction_sign": sign(weighted_coef),
+                "geom/correction_coef": weighted_coef}
+
+    def hvp_direction(self) -> Tensor:
+        """The vector the twin multiplies H with: g (heavy ball), u + lambda theta (Adam),
+        sign(g) + lambda theta (Lion)."""
+        if self.family == "heavy_ball":
+            return self.g_eff
+        if self.family == "adam":
+            return self.g_eff / (self.g_eff.abs() + self.eps) + self.decoupled * self.theta
+        if self.family == "lion":
+            return torch.sign(self.g_eff) + self.decoupled * self.theta
+        return torch.zeros_like(self.g_eff)
+
+    def ratio(self, hessian_times_direction: Tensor) -> float:
+        """|h M(theta)| / |plain step| of the memoryless twin (memoryless.md), on the probe set."""
+        hv = hessian_times_direction + self.coupled * self.hvp_direction()
+        h = self.lr
+        if self.family == "heavy_ball":
+            # twin: h (s_n g + h c_n H g) = h s_n (g + 2 coef H g)
+            weight = h * self._per_group(lambda b1, b2: heavy_ball_coefficients(b1, self.n)[0])
+            plain, corr = weight * self.g_eff, weight * 2 * self.coef * hv
+        elif self.family == "adam":
+            # twin: h (w + h (H w) * [A_n / (|g| + eps) - B_n |g| / (|g| + eps)^2]),  w = u + lambda theta
+            a = self._per_group(lambda b1, b2: adam_memory_length(b1, self.n))
+            b = self._per_group(lambda b1, b2: adam_memory_length(b2, self.n))
+            denom = self.g_eff.abs() + self.eps
+            plain = h * self.hvp_direction()
+            corr = h * h * hv * (a / denom - b * self.g_eff.abs() / denom**2)
+        elif self.family == "lion":
+            # twin: sign(g + h (C_n/W_n) H (sign g + lambda theta)): compare the two terms in the sign
+            plain, corr = self.g_eff, self.coef * hv
+        else:
+            return 0.0
+        denominator = float(torch.linalg.vector_norm(plain.double()))
+        numerator = float(torch.linalg.vector_norm(corr.double()))
+        return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else math.inf)
+
+    def _per_group(self, fn) -> Tensor:  # noqa: ANN001 - a small lambda of (beta1, beta2)
+        values = torch.tensor([fn(b1, b2) for b1, b2 in self.betas], device=self.coef.device, dtype=self.coef.dtype)
+        return values[self.group_index]
+
+
+def curvature_metrics(probe: ProbeLoss, optimizer: torch.optim.Optimizer, cfg: MetricsConfig, wanted: list[str],
+                      correction: Correction | None, state: ProbeState) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if state.backend is None:
+        state.backend = choose_backend(probe, cfg.hvp.value, cfg.fd_step)
+    check = cfg.check_deterministic and not state.determinism_checked
+    operator = HessianOperator(probe, state.backend, cfg.fd_step, cfg.max_columns, check_deterministic=check)
+    state.determinism_checked = True
+    device, dtype, dim = probe.params[0].device, probe.params[0].dtype, probe.dim
+    eigen = dict(max_iterations=cfg.sharpness_iters, tolerance=cfg.sharpness_tol, seed=cfg.seed,
+                 method=cfg.sharpness_method.value)
+
+    if "sharpness" in wanted:
+        result = curvature.top_eigenvalue(operator.matmat, dim, device, dtype, **eigen)
+        out["geom/sharpness"], out["geom/sharpness_residual"] = result.value, result.residual
+    if "sharpness_precond" in wanted:
+        preconditioner = adam_preconditioner(optimizer, probe.params)
+        if preconditioner is not None:
+            root = preconditioner.sqrt().to(dtype)[:, None]
+            result = curvature.top_eigenvalue(lambda v: root * operator.matmat(root * v), dim, device, dtype, **eigen)
+            out["geom/sharpness_precond"], out["geom/sharpness_precond_residual"] = result.value, result.residual
+    if "correction_ratio" in wanted and correction is not None and correction.family in ("heavy_ball", "adam", "lion"):
+        out["geom/correction_ratio"] = correction.ratio(operator.matvec(correction.hvp_direction()))
+    if "hessian_trace" in wanted or "r_med" in wanted:
+        hutch = curvature.hutchinson(operator.matmat, dim, device, dtype, cfg.hutchinson_probes, cfg.seed,
+                                     cfg.max_columns)
+        if "hessian_trace" in wanted:
+            out["geom/hessian_trace"], out["geom/hessian_trace_stderr"] = hutch.trace, hutch.trace_std_error
+        if "r_med" in wanted:
+            out.update(r_med_metrics(probe, operator, hutch, cfg))
+    out["geom/hvp_count"] = float(operator.matvecs)
+    return out
+
+
+def r_med_metrics(probe: ProbeLoss, operator: HessianOperator, hutch: curvature.HutchinsonResult,
+                  cfg: MetricsConfig) -> dict[str, float]:
+    """R_med per tensor (exact diagonal for tensors of at most ``exact_diag_max_numel`` entries, in
+    model order while their products fit ``exact_diag_budget``; the Hutchinson diagonal otherwise) and
+    its median over the weight tensors (ndim >= 2; over all tensors when the model has none). On the
+    exactly computed tensors the Hutchinson diagonal's relative error is logged too
+    (``geom/r_med_diag_error``): the probe-noise check the spec asks for."""
+    out: dict[str, float] = {}
+    device, dtype = probe.params[0].device, probe.params[0].dtype
+    offset, weights, others, errors, budget = 0, [], [], [], cfg.exact_diag_budget
+    for name, param in zip(probe.names, probe.params):
+        size = param.numel()
+        estimate = hutch.diagonal[offset : offset + size]
+        if 2 <= size <= min(cfg.exact_diag_max_numel, budget):
+            budget -= size
+            diagonal = curvature.exact_diagonal_slice(operator.matmat, probe.dim, offset, offset + size, device,
+                                                      dtype, cfg.max_columns)
+            scale = float(torch.linalg.vector_norm(diagonal))
+            if scale > 0:
+                errors.append(float(torch.linalg.vector_norm(estimate - diagonal)) / scale)
+        else:
+            diagonal = estimate
+        offset += size
+        if size < 2:
+            continue
+        value = curvature.r_med(diagonal)
+        out[f"geom/r_med/{name}"] = value.value
+        out[f"geom/r_med_neg_frac/{name}"] = value.negative_fraction
+        (weights if param.ndim >= 2 else others).append(value.value)
+    summary = [v for v in (weights or others) if math.isfinite(v)]
+    if summary:
+        out["geom/r_med"] = float(curvature.median(torch.tensor(summary, dtype=torch.float64)))
+    out["geom/r_med_probes"] = float(hutch.probes)
+    if errors:
+        out["geom/r_med_diag_error"] = max(errors)
+    return out
+
+
+class GeometryProbe:
+    """What the training loop holds: config, fixed probe batch, schedule and reusable state.
+
+        if geometry.due(step + 1): geometry.remember_weights()   # before the optimizer step
+        ...
+        if geometry.due(step): logger.log(geometry.compute(step), step)
+    """
+
+    def __init__(self, cfg: MetricsConfig, model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
+                 probe_batch: tuple[Tensor, Tensor], max_steps: int) -> None:
+        self.cfg, self.model, self.loss_fn, self.optimizer = cfg, model, loss_fn, optimizer
+        x, y = probe_batch
+        self.batch = (x[: cfg.probe_size], y[: cfg.probe_size])
+        self.schedule = MetricsSchedule(cfg.every, max_steps, cfg.schedule, cfg.per_decade)
+        self.state = ProbeState()
+        # Wall time of each pass: kept out of the logged metrics (timing is not a property of the run).
+        self.seconds: list[float] = []
+        self._before: list[Tensor] | None = None
+        self._wants_before = "update_ratio" in cfg.metrics()
+        if "r_med" in cfg.metrics() and cfg.hutchinson_probes < 100:
+            warnings.warn(f"metrics.hutchinson_probes={cfg.hutchinson_probes}: R_med from fewer than 100 probes is "
+                          "biased upwards by probe noise (spec: >= 100)", stacklevel=2)
+
+    def due(self, step: int) -> bool:
+        return self.schedule.due(step)
+
+    def remember_weights(self) -> None:
+        """Copy the weights before a metrics step's update (only then: normal steps pay nothing)."""
+        if self._wants_before:
+            self._before = [p.detach().clone() for p in self.model.parameters() if p.requires_grad]
+
+    def compute(self, step: int) -> dict[str, float]:
+        before, self._before = self._before, None
+        started = time.perf_counter()
+        out = compute_metrics(self.model, self.loss_fn, self.batch, self.optimizer, self.cfg, step, before, self.state)
+        self.seconds.append(time.perf_counter() - started)
+        return out
