@@ -180,7 +180,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").is_file() or (path / "summary.json").is_file()
+    return (path / ".hydra").is_dir() or (path / "summary.json").is_file()
 
 
 def load_run_dir(run_dir: Path) -> RunRecord:
@@ -336,20 +336,27 @@ def find_runs(paths: Iterable[str | Path], progress: Any = None) -> list[RunReco
                     dirnames[:] = []  # a run's checkpoints/ and wandb/ hold no runs
                 else:
                     dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        new_dirs = [d for d in sorted(run_dirs, key=natural_key) if d.resolve() not in seen]
-        seen.update(d.resolve() for d in new_dirs)
+        if not run_dirs and not sweep_dirs:
+            raise MemexpError(
+                f"PATH {str(raw)!r} holds no runs (a run dir has .hydra/config.yaml or summary.json)"
+            )
         loaded = []
-        for run_dir in new_dirs:
+        for run_dir in sorted(run_dirs, key=natural_key):
+            if run_dir.resolve() in seen:  # the same run reached through two PATHs counts once
+                continue
+            seen.add(run_dir.resolve())
             loaded.append(load_run_dir(run_dir))
             if progress is not None:
                 progress()
         for sweep_dir in sweep_dirs:
-            inside = [r for r in loaded if Path(r.source).resolve().is_relative_to(sweep_dir.resolve())]
+            if sweep_dir.resolve() in seen:
+                continue
+            seen.add(sweep_dir.resolve())
+            inside = [
+                r for r in records + loaded
+                if r.status != MISSING and Path(r.source).resolve().is_relative_to(sweep_dir.resolve())
+            ]
             loaded.extend(missing_jobs(sweep_dir, inside))
-        if not loaded:
-            raise MemexpError(
-                f"report: PATH {str(raw)!r} holds no runs (a run dir has .hydra/config.yaml or summary.json)"
-            )
         records.extend(loaded)
     return records
 
