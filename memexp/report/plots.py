@@ -35,6 +35,7 @@ BAND_TEXT = {
     Band.ci: "band: {pct}% t-interval of the mean over seeds",
     Band.minmax: "band: min–max over seeds",
 }
+DIVERGED_LABEL = "diverged run (dotted, × = last finite value)"
 SPLIT_STYLES = {"train": "-", "val": "--"}
 SPLIT_NAMES = {"train": "train", "val": "held-out"}
 
@@ -117,7 +118,8 @@ def draw_metric(
             finite = np.isfinite(trace.values)
             if not finite.any():
                 continue
-            axes.plot(trace.steps[finite], trace.values[finite], ":", color=colour, lw=1.0, alpha=0.8)
+            label = None if DIVERGED_LABEL in axes.get_legend_handles_labels()[1] else DIVERGED_LABEL
+            axes.plot(trace.steps[finite], trace.values[finite], ":", color=colour, lw=1.0, alpha=0.8, label=label)
             last = np.flatnonzero(finite)[-1]
             axes.plot([trace.steps[last]], [trace.values[last]], "x", color=colour, ms=7, mew=2)
             drawn = True
@@ -208,8 +210,10 @@ def render(spec: PlotSpec, groups: Sequence[Group], band: Band, confidence: floa
         figure, all_axes = new_figure(len(spec.metrics))
         for axes, metric in zip(all_axes, spec.metrics):
             draw_metric(axes, groups, metric, colours, band, confidence)
-            axes.axhline(0.0, color="0.5", lw=0.8)
-            finish_axes(axes, f"{metric} (held-out − train); {band_text}", metric)
+            # memexp.tasks: gaps are held-out minus train, except ratios (gap/ppl_ratio) held-out / train
+            is_ratio = metric.endswith("_ratio")
+            axes.axhline(1.0 if is_ratio else 0.0, color="0.5", lw=0.8)
+            finish_axes(axes, f"{metric} (held-out {'/' if is_ratio else '−'} train); {band_text}", metric)
         return figure
     (metric,) = spec.metrics
     figure, (axes,) = new_figure()

@@ -62,7 +62,7 @@ def curve_history(loss_start: float, loss_end: float, steps: tuple[int, ...] = (
         eval_event = {"step": step, "train/loss": train_loss, "val/loss": train_loss * 1.1, "train/acc": 0.5 + 0.4 * t,
                       "val/acc": 0.45 + 0.4 * t}
         eval_event["gap/loss"] = eval_event["val/loss"] - eval_event["train/loss"]
-        eval_event["gap/acc"] = eval_event["train/acc"] - eval_event["val/acc"]
+        eval_event["gap/acc"] = eval_event["val/acc"] - eval_event["train/acc"]
         if geom is not None:
             eval_event["geom/sharpness"] = geom * t
         events.append(eval_event)

@@ -37,10 +37,10 @@ def make_sweep(root: Path, make_run: RunWriter) -> Path:
         num += 1
 
     for seed, val in SGD_VAL.items():
-        run("sgd", seed, history=curve_history(2.0, 0.4, geom=SGD_SHARPNESS[seed]),
+        run("sgd", seed, history=curve_history(2.0 + 0.2 * seed, 0.4 + 0.05 * seed, geom=SGD_SHARPNESS[seed]),
             final={"train/loss": 0.4, "val/loss": val, "gap/loss": val - 0.4, "train/acc": 0.9, "val/acc": 0.8})
     for seed, val in ADAMW_VAL.items():
-        run("adamw", seed, history=curve_history(2.5, 0.3),
+        run("adamw", seed, history=curve_history(2.5 - 0.2 * seed, 0.3 + 0.05 * seed),
             final={"train/loss": 0.3, "val/loss": val, "gap/loss": val - 0.3, "train/acc": 0.95, "val/acc": 0.85})
     diverged = curve_history(2.5, 0.3)[:2] + [{"step": 15, "train/batch_loss": "nan", "lr": 0.1, "epoch": 0.4}]
     run("adamw", 3, status="diverged", history=diverged, final={"train/loss": float("nan")})
@@ -113,10 +113,11 @@ def test_every_plot_is_written_and_not_blank(tmp_path: Path, make_run: RunWriter
     for name in written:
         pixels = imread(out / name)[..., :3]
         assert pixels.shape[0] > 200 and pixels.var() > 1e-3, name
-        if name == "loss_curves.png":  # one colour per group: both groups' line colours appear
+        if name == "loss_curves.png":  # one colour per group, for its line and its seed band
             for colour in palette:
-                close = np.all(np.abs(pixels - colour) < 0.02, axis=-1)
-                assert close.sum() > 200, (name, colour)
+                line = np.all(np.abs(pixels - colour) < 0.02, axis=-1)
+                band = np.all(np.abs(pixels - (0.8 + 0.2 * colour)) < 0.02, axis=-1)  # alpha 0.2 on white
+                assert line.sum() > 200 and band.sum() > 2000, (name, colour, line.sum(), band.sum())
 
 
 def test_missing_and_incomplete_runs_are_reported_not_crashed_on(tmp_path: Path, make_run: RunWriter) -> None:

@@ -31,7 +31,7 @@ def test_finished_run_final_metrics_and_history(tmp_path: Path, make_run: RunWri
     # and the acc metrics this summary lacks); never lr or the batch loss
     assert run.final == {"train/loss": 1.0, "val/loss": 1.1, "gap/loss": 0.1, "wall_time_s": 1.0,
                          "geom/sharpness": 4.0, "train/acc": 0.9, "val/acc": pytest.approx(0.85, abs=1e-12),
-                         "gap/acc": pytest.approx(0.05, abs=1e-12)}
+                         "gap/acc": pytest.approx(-0.05, abs=1e-12)}
     assert run.history["train/loss"].steps.tolist() == [10, 20]
     assert run.history["train/loss"].values.tolist() == [1.5, 1.0]
     assert run.setting("optimizer") == "sgd" and run.setting("optimizer.lr") == "0.1"
