@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from memexp.report.grouping import Group
-from memexp.report.runs import FINISHED, RunRecord
+from memexp.report.runs import FINISHED, RunRecord, per_tensor_metrics
 from memexp.report.stats import Estimate, PairedComparison, estimate, paired_comparison
 
 # The generalization-gap triple first, in this order; then other train/val/gap metrics, then the
@@ -25,9 +25,11 @@ def metric_order(metric: str) -> tuple[int, int, str]:
     return (1 if metric.startswith(("train/", "val/", "gap/")) else 2, 0, metric)
 
 
-def table_metrics(groups: Sequence[Group]) -> list[str]:
+def table_metrics(groups: Sequence[Group], per_tensor: bool = False) -> tuple[list[str], int]:
+    """The metrics of the table in order, and how many per-tensor ones were left out."""
     names = {key for group in groups for run in group.finished for key in run.final}
-    return sorted(names, key=metric_order)
+    left_out = set() if per_tensor else per_tensor_metrics(names)
+    return sorted(names - left_out, key=metric_order), len(left_out)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Report:
     comparisons: list[PairedComparison]
     skipped_pairs: list[tuple[str, str, int]] = field(default_factory=list)  # (A, B, common seeds) with n < 2
     confidence: float = 0.95
+    per_tensor_left_out: int = 0
 
     @property
     def problem_runs(self) -> list[tuple[Group, RunRecord]]:
@@ -60,9 +63,13 @@ def comparison_pairs(groups: Sequence[Group], baseline: Group | None) -> list[tu
 
 
 def build_report(
-    keys: list[str], groups: list[Group], confidence: float = 0.95, baseline: Group | None = None
+    keys: list[str],
+    groups: list[Group],
+    confidence: float = 0.95,
+    baseline: Group | None = None,
+    per_tensor: bool = False,
 ) -> Report:
-    metrics = table_metrics(groups)
+    metrics, left_out = table_metrics(groups, per_tensor)
     estimates = {
         (group.label, metric): estimate(group.final_values(metric), confidence)
         for group in groups
@@ -85,4 +92,4 @@ def build_report(
             )
             if comparison.n >= 2:
                 comparisons.append(comparison)
-    return Report(keys, groups, metrics, estimates, comparisons, skipped, confidence)
+    return Report(keys, groups, metrics, estimates, comparisons, skipped, confidence, left_out)

@@ -8,6 +8,7 @@ so a failure leaves no half-written report (and an earlier report stays intact).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import sys
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--band", choices=[b.value for b in Band], default=Band.std.value,
                         help="seed band in plots: mean ± std (default), t-interval of the mean, or min–max")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--per-tensor", action="store_true", help="also tabulate and plot per-tensor metrics "
+                        "(geom/<metric>/<parameter>); by default only their aggregates")
     parser.add_argument("--log-wandb", action="store_true", help="also log the plots and table to W&B as a report run")
     parser.add_argument("--wandb-project", default=None, help="project for --log-wandb (default: the --wandb one, "
                         "else memexp)")
@@ -112,11 +115,18 @@ def load_runs(args: argparse.Namespace, spec: WandbSpec | None, steps: Steps) ->
     return runs
 
 
+def check_target(target: Path) -> None:
+    if target.exists() and not (target / "report.md").is_file():
+        raise MemexpError(f"--out={str(target)!r} exists and is not a memexp report; choose another directory")
+
+
 def replace_dir(built: Path, target: Path) -> None:
-    """Move a finished report into place; an existing target is replaced only if it is a report."""
+    """Move a finished report into place, replacing an earlier report but keeping its wandb/ (offline
+    report runs that may not be synced yet)."""
+    check_target(target)
     if target.exists():
-        if not (target / "report.md").is_file():
-            raise MemexpError(f"--out={str(target)!r} exists and is not a memexp report; choose another directory")
+        if (target / "wandb").is_dir():
+            (target / "wandb").rename(built / "wandb")
         shutil.rmtree(target)
     built.rename(target)
 
@@ -147,20 +157,21 @@ def run_report(args: argparse.Namespace) -> int:
     check_args(args)
     spec = parse_spec(args.wandb) if args.wandb else None
     out = output_dir(args)
+    check_target(out)  # before the slow part
     steps = Steps(enabled=not args.quiet)
     with steps.progress:
         runs = load_runs(args, spec, steps)
         keys, groups = group_runs(runs, args.group_by, args.ignore)
         baseline = find_group(groups, args.baseline, "--baseline") if args.baseline else None
-        report = build_report(keys, groups, args.confidence, baseline)
+        report = build_report(keys, groups, args.confidence, baseline, args.per_tensor)
 
         out.parent.mkdir(parents=True, exist_ok=True)
         building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
         try:
             plots: list[PlotFile] = []
             if not args.no_plots:
-                with steps.task("plotting", total=len(plan_plots(groups))) as advance:
-                    plots = write_plots(groups, building, Band(args.band), args.confidence, advance)
+                with steps.task("plotting", total=len(plan_plots(groups, args.per_tensor))) as advance:
+                    plots = write_plots(groups, building, Band(args.band), args.confidence, advance, args.per_tensor)
             write_csvs(report, building)
             command = shlex.join(["memexp", "report", *sys.argv[1:]])
             created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -175,10 +186,14 @@ def run_report(args: argparse.Namespace) -> int:
     print(f"report written to {out}/ (report.md, summary.csv, runs.csv, comparisons.csv, {len(plots)} plots)")
     if args.log_wandb:
         project = args.wandb_project or (spec.path if spec else "memexp")
-        import os
-
         mode = args.wandb_mode or os.environ.get("WANDB_MODE", "offline")
-        location = log_to_wandb(report, out, plots, project, mode if mode in ("offline", "online") else "offline")
+        mode = mode if mode in ("offline", "online") else "offline"
+        try:
+            location = log_to_wandb(report, out, plots, project, mode)
+        except Exception as error:  # noqa: BLE001 - the report itself is written; say what failed, in one line
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            raise MemexpError(f"--log-wandb: the report is written to {out}/ but W&B logging failed "
+                              f"({type(error).__name__}: {first_line})") from None
         print(f"plots logged to W&B ({mode}): {location}")
     return 0
 

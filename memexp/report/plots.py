@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from memexp.report.grouping import Group
-from memexp.report.runs import DIVERGED
+from memexp.report.runs import DIVERGED, per_tensor_metrics
 from memexp.report.stats import t_quantile
 
 
@@ -174,9 +174,12 @@ class PlotSpec:
 NOT_PLOTTED = frozenset({"step", "epoch"})
 
 
-def plan_plots(groups: Sequence[Group]) -> list[PlotSpec]:
-    """Which files the report gets, in report order."""
+def plan_plots(groups: Sequence[Group], per_tensor: bool = False) -> list[PlotSpec]:
+    """Which files the report gets, in report order (per-tensor breakdowns only when asked)."""
     metrics = history_metrics(groups)
+    if not per_tensor:
+        left_out = per_tensor_metrics(metrics)
+        metrics = [m for m in metrics if m not in left_out]
     quantities = sorted({m.split("/", 1)[1] for m in metrics if m.startswith("val/")})
     specs = [
         PlotSpec("split", [f"{split}/{q}" for split in SPLIT_STYLES], f"{q}_curves.png", f"{q}: train vs held-out")
@@ -230,10 +233,11 @@ def write_plots(
     band: Band = Band.std,
     confidence: float = 0.95,
     advance: Callable[[], None] | None = None,
+    per_tensor: bool = False,
 ) -> list[PlotFile]:
     """Write every planned plot under ``out_dir``; returns them in report order."""
     plots = []
-    for spec in plan_plots(groups):
+    for spec in plan_plots(groups, per_tensor):
         target = out_dir / spec.relative
         target.parent.mkdir(parents=True, exist_ok=True)
         render(spec, groups, band, confidence).savefig(target, dpi=110)

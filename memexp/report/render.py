@@ -168,6 +168,9 @@ def markdown(report: Report, plots: Sequence[PlotFile], command: str, inputs: Se
         for metric in report.metrics
     ]
     lines += md_table(header, rows)
+    if report.per_tensor_left_out:
+        lines += ["", f"{report.per_tensor_left_out} per-tensor metrics (geom/<metric>/<parameter>) are left out; "
+                  "`--per-tensor` includes them."]
     lines += ["", "## Paired-seed comparisons", ""]
     if report.comparisons:
         lines += [TESTS_TEXT.format(pct=pct), ""]

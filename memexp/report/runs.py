@@ -174,6 +174,14 @@ def final_metrics(summary: dict[str, Any], history: dict[str, MetricTrace]) -> d
     return final
 
 
+def per_tensor_metrics(names: Iterable[str]) -> set[str]:
+    """The per-tensor breakdowns among ``names``: ``geom/weight_norm/fc1.weight`` when the aggregate
+    ``geom/weight_norm`` is logged too (memexp.metrics logs both). A model has dozens of tensors, so
+    by default a report shows the aggregates only."""
+    names = set(names)
+    return {name for name in names if name.count("/") >= 2 and name.rsplit("/", 1)[0] in names}
+
+
 def read_yaml(path: Path) -> Any:
     with path.open() as handle:
         return yaml.safe_load(handle)

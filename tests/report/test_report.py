@@ -173,3 +173,20 @@ def test_rerun_replaces_a_report_but_never_another_directory(
     assert memexp_main(["report", str(sweep), "--out", str(other), "--quiet"]) == 2
     assert "exists and is not a memexp report" in capsys.readouterr().err
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_per_tensor_breakdowns_only_on_request(tmp_path: Path, make_run: RunWriter) -> None:
+    for seed in (0, 1):
+        history = [{"step": 10, "geom/weight_norm": 3.0 + seed, "geom/weight_norm/fc1.weight": 2.0,
+                    "geom/weight_norm/fc1.bias": 1.0, "geom/grad_l1/odd": 5.0}]
+        make_run(tmp_path / str(seed), seed=seed, history=history, final={"val/loss": 1.0})
+    keys, groups = group_runs(find_runs([tmp_path]))
+    default = build_report(keys, groups)
+    # geom/grad_l1/odd stays: there is no aggregate geom/grad_l1 it breaks down
+    assert default.metrics == ["val/loss", "geom/grad_l1/odd", "geom/weight_norm", "wall_time_s"]
+    assert default.per_tensor_left_out == 2
+    assert default.estimates[("all runs", "geom/weight_norm")].mean == 3.5
+    full = build_report(keys, groups, per_tensor=True)
+    assert "geom/weight_norm/fc1.weight" in full.metrics and full.per_tensor_left_out == 0
+    assert [s.relative for s in plan_plots(groups)] == ["metrics/geom_grad_l1_odd.png", "metrics/geom_weight_norm.png"]
+    assert len(plan_plots(groups, per_tensor=True)) == 4
