@@ -39,6 +39,14 @@ EPILOG = """examples:
   memexp report --wandb me/memexp:train-2026-11-25_14-30-08 --out reports/from_wandb"""
 
 
+def key_list(text: str) -> list[str]:
+    """``optimizer,model`` -> [optimizer, model] (comma-separated, so an option never swallows PATH)."""
+    keys = [key.strip() for key in text.split(",") if key.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(f"{text!r} names no key")
+    return keys
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memexp report", description=DESCRIPTION, epilog=EPILOG,
@@ -48,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run dirs or Hydra multirun dirs (searched recursively)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT[:GROUP]", help="also read runs from the W&B API (online)")
     parser.add_argument("--out", type=Path, help="report directory (default: PATH/report for a single PATH)")
-    parser.add_argument("--group-by", nargs="+", metavar="KEY", help="group by these override keys instead of "
-                        "every key that differs (e.g. --group-by optimizer)")
-    parser.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN",
+    parser.add_argument("--group-by", type=key_list, action="extend", metavar="KEY[,KEY...]",
+                        help="group by these override keys instead of every key that differs "
+                        "(e.g. --group-by optimizer)")
+    parser.add_argument("--ignore", type=key_list, action="extend", default=[], metavar="PATTERN[,PATTERN...]",
                         help=f"keys (globs) that never split groups, besides {', '.join(DEFAULT_IGNORED)}")
     parser.add_argument("--baseline", metavar="GROUP", help="compare every group with this one (a label, or a "
                         "part of one such as optimizer=adamw) instead of every pair")

@@ -96,6 +96,13 @@ def group_runs(
     keys whose value differs between runs, minus the ignored ones."""
     if not runs:
         raise MemexpError("no runs to group")
+    if group_by:
+        known = {key for run in runs for key in (*run.overrides, *run.choices, *run.config)}
+        unknown = [key for key in group_by if key not in known]
+        if unknown:
+            differing = ", ".join(varying_keys(runs, [*DEFAULT_IGNORED, *ignore])) or "none but the seed"
+            raise MemexpError(f"--group-by={unknown[0]!r} is not allowed: no run has this key; keys that differ: "
+                              f"{differing}")
     keys = list(group_by) if group_by else varying_keys(runs, [*DEFAULT_IGNORED, *ignore])
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:

@@ -116,7 +116,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
             )
         console.print(compare)
     if report.comparisons:
-        console.print(TESTS_TEXT.format(pct=pct), style="dim")
+        console.print(TESTS_TEXT.format(pct=pct), style="dim", highlight=False)
     for a, b, n in report.skipped_pairs:
         console.print(f"no paired comparison of {a} and {b}: they share {n} finished seed(s), 2 needed")
 

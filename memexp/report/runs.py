@@ -182,9 +182,13 @@ def per_tensor_metrics(names: Iterable[str]) -> set[str]:
     return {name for name in names if name.count("/") >= 2 and name.rsplit("/", 1)[0] in names}
 
 
+# libyaml's loader when PyYAML was built with it: hydra.yaml is long and a sweep has many runs.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: Path) -> Any:
     with path.open() as handle:
-        return yaml.safe_load(handle)
+        return yaml.load(handle, Loader=YAML_LOADER)
 
 
 def is_run_dir(path: Path) -> bool:

@@ -43,6 +43,9 @@ def test_group_by_and_ignore(tmp_path: Path, make_run: RunWriter) -> None:
     assert group_runs(runs, group_by=["optimizer"])[0] == ["optimizer"]
     keys, groups = group_runs(runs, ignore=["optimizer.*"])
     assert keys == ["optimizer"] and [len(g.runs) for g in groups] == [1, 2]
+    with pytest.raises(MemexpError, match="--group-by='optimiser' is not allowed: no run has this key; keys that "
+                                          "differ: optimizer, optimizer.lr"):
+        group_runs(runs, group_by=["optimiser"])
 
 
 def test_only_seeds_differ_gives_one_group() -> None:

@@ -70,7 +70,7 @@ def test_cli_writes_the_report_and_counts_broken_runs_apart(
     tmp_path: Path, make_run: RunWriter, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep = make_sweep(tmp_path / "sweep", make_run)
-    assert memexp_main(["report", str(sweep), "--baseline", "optimizer=sgd"]) == 0
+    assert memexp_main(["report", "--group-by", "optimizer", "--baseline", "optimizer=sgd", str(sweep)]) == 0
     printed = capsys.readouterr().out
     out = sweep / "report"
     assert "0.7 ± 0.2" in printed and "n=3 (+1 diverged, 1 failed)" in printed
