@@ -40,7 +40,9 @@ def cell(est: Estimate, group_n: int, multiline: bool) -> str:
     """``mean ± std`` and ``[low, high]``, with ``(n=k)`` when fewer seeds than the group has."""
     if est.n == 0:
         return "-"
-    text = number(est.mean) if est.n == 1 else f"{number(est.mean)} ± {number(est.std)}"
+    # A std at rounding level of the mean (identical finals that differ in the last bit) reads as 0.
+    std = 0.0 if est.std <= 1e-12 * abs(est.mean) else est.std
+    text = number(est.mean) if est.n == 1 else f"{number(est.mean)} ± {number(std)}"
     if est.n > 1:
         text += ("\n" if multiline else " ") + f"[{number(est.ci_low)}, {number(est.ci_high)}]"
     if est.n != group_n:
@@ -67,8 +69,8 @@ def group_n(group: Group) -> int:
 
 def counts_text(group: Group) -> str:
     counts = group.counts()
-    others = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s != FINISHED and counts[s])
-    return f"n={group_n(group)}" + (f" (+{others})" if others else "")
+    others = "".join(f", +{counts[s]} {s}" for s in STATUSES if s != FINISHED and counts[s])
+    return f"n={group_n(group)}{others}"
 
 
 def status_line(report: Report) -> str:

@@ -347,7 +347,8 @@ def find_runs(paths: Iterable[str | Path], progress: Any = None) -> list[RunReco
                     run_dirs.append(here)
                     dirnames[:] = []  # a run's checkpoints/ and wandb/ hold no runs
                 else:
-                    dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+                    # hidden dirs (.git, .venv, a building report) hold no runs
+                    dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         if not run_dirs and not sweep_dirs:
             raise MemexpError(
                 f"PATH {str(raw)!r} holds no runs (a run dir has .hydra/config.yaml or summary.json)"

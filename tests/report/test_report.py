@@ -73,7 +73,7 @@ def test_cli_writes_the_report_and_counts_broken_runs_apart(
     assert memexp_main(["report", "--group-by", "optimizer", "--baseline", "optimizer=sgd", str(sweep)]) == 0
     printed = capsys.readouterr().out
     out = sweep / "report"
-    assert "0.7 ± 0.2" in printed and "n=3 (+1 diverged, 1 failed)" in printed
+    assert "0.7 ± 0.2" in printed and "n=3, +1 diverged, +1 failed" in printed
     assert "optimizer=adamw − optimizer=sgd: paired over seeds 0, 1, 2" in printed
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
