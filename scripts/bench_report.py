@@ -37,14 +37,26 @@ def write_sweep(root: Path, groups: int, seeds: int, steps: int, geom_metrics: i
                 loss = 2.0 * math.exp(-step / steps * (1 + g)) + 0.01 * rng.random()
                 lines.append(json.dumps({"step": step, "train/batch_loss": loss, "lr": 0.1, "epoch": step / 100}))
                 if step % eval_every == 0:
-                    event = {"step": step, "train/loss": loss, "val/loss": loss * 1.1, "train/acc": 1 - loss / 3,
-                             "val/acc": 1 - loss / 2.5, "gap/loss": loss * 0.1, "gap/acc": -loss / 15}
+                    event = {
+                        "step": step,
+                        "train/loss": loss,
+                        "val/loss": loss * 1.1,
+                        "train/acc": 1 - loss / 3,
+                        "val/acc": 1 - loss / 2.5,
+                        "gap/loss": loss * 0.1,
+                        "gap/acc": -loss / 15,
+                    }
                     event.update({f"geom/m{i}": loss * i for i in range(geom_metrics)})
                     lines.append(json.dumps(event))
             (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
             final = json.loads(lines[-1])
-            summary = {"status": "finished", "step": steps, "max_steps": steps, "wall_time_s": 1.0,
-                       **{k: v for k, v in final.items() if k.startswith(("train/", "val/", "gap/"))}}
+            summary = {
+                "status": "finished",
+                "step": steps,
+                "max_steps": steps,
+                "wall_time_s": 1.0,
+                **{k: v for k, v in final.items() if k.startswith(("train/", "val/", "gap/"))},
+            }
             (run_dir / "summary.json").write_text(json.dumps(summary))
             runs += 1
     return runs
@@ -72,12 +84,22 @@ def main() -> None:
         started = time.perf_counter()
         plots = write_plots(groups, Path(tmp) / "report")
         plots_s = time.perf_counter() - started
-    print(json.dumps({
-        "runs": runs, "metrics_jsonl_mb": round(size_mb, 1), "events_per_run": args.steps // 10
-        + args.steps // args.eval_every, "comparisons": len(report.comparisons), "plots": len(plots),
-        "read_s": round(read_s, 2), "read_ms_per_run": round(1000 * read_s / runs, 1),
-        "stats_s": round(stats_s, 3), "plots_s": round(plots_s, 2), "plot_ms_each": round(1000 * plots_s / len(plots)),
-    }))
+    print(
+        json.dumps(
+            {
+                "runs": runs,
+                "metrics_jsonl_mb": round(size_mb, 1),
+                "events_per_run": args.steps // 10 + args.steps // args.eval_every,
+                "comparisons": len(report.comparisons),
+                "plots": len(plots),
+                "read_s": round(read_s, 2),
+                "read_ms_per_run": round(1000 * read_s / runs, 1),
+                "stats_s": round(stats_s, 3),
+                "plots_s": round(plots_s, 2),
+                "plot_ms_each": round(1000 * plots_s / len(plots)),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

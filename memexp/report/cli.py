@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -49,31 +49,60 @@ def key_list(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="memexp report", description=DESCRIPTION, epilog=EPILOG,
+        prog="memexp report",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="*", metavar="PATH",
-                        help="run dirs or Hydra multirun dirs (searched recursively)")
+    parser.add_argument(
+        "paths", nargs="*", metavar="PATH", help="run dirs or Hydra multirun dirs (searched recursively)"
+    )
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT[:GROUP]", help="also read runs from the W&B API (online)")
     parser.add_argument("--out", type=Path, help="report directory (default: PATH/report for a single PATH)")
-    parser.add_argument("--group-by", type=key_list, action="extend", metavar="KEY[,KEY...]",
-                        help="group by these override keys instead of every key that differs "
-                        "(e.g. --group-by optimizer)")
-    parser.add_argument("--ignore", type=key_list, action="extend", default=[], metavar="PATTERN[,PATTERN...]",
-                        help=f"keys (globs) that never split groups, besides {', '.join(DEFAULT_IGNORED)}")
-    parser.add_argument("--baseline", metavar="GROUP", help="compare every group with this one (a label, or a "
-                        "part of one such as optimizer=adamw) instead of every pair")
+    parser.add_argument(
+        "--group-by",
+        type=key_list,
+        action="extend",
+        metavar="KEY[,KEY...]",
+        help="group by these override keys instead of every key that differs (e.g. --group-by optimizer)",
+    )
+    parser.add_argument(
+        "--ignore",
+        type=key_list,
+        action="extend",
+        default=[],
+        metavar="PATTERN[,PATTERN...]",
+        help=f"keys (globs) that never split groups, besides {', '.join(DEFAULT_IGNORED)}",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="GROUP",
+        help="compare every group with this one (a label, or a "
+        "part of one such as optimizer=adamw) instead of every pair",
+    )
     parser.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
-    parser.add_argument("--band", choices=[b.value for b in Band], default=Band.std.value,
-                        help="seed band in plots: mean ± std (default), t-interval of the mean, or min–max")
+    parser.add_argument(
+        "--band",
+        choices=[b.value for b in Band],
+        default=Band.std.value,
+        help="seed band in plots: mean ± std (default), t-interval of the mean, or min–max",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--per-tensor", action="store_true", help="also tabulate and plot per-tensor metrics "
-                        "(geom/<metric>/<parameter>); by default only their aggregates")
+    parser.add_argument(
+        "--per-tensor",
+        action="store_true",
+        help="also tabulate and plot per-tensor metrics (geom/<metric>/<parameter>); by default only their aggregates",
+    )
     parser.add_argument("--log-wandb", action="store_true", help="also log the plots and table to W&B as a report run")
-    parser.add_argument("--wandb-project", default=None, help="project for --log-wandb (default: the --wandb one, "
-                        "else memexp)")
-    parser.add_argument("--wandb-mode", choices=["offline", "online"], default=None,
-                        help="for --log-wandb (default: $WANDB_MODE, else offline)")
+    parser.add_argument(
+        "--wandb-project", default=None, help="project for --log-wandb (default: the --wandb one, else memexp)"
+    )
+    parser.add_argument(
+        "--wandb-mode",
+        choices=["offline", "online"],
+        default=None,
+        help="for --log-wandb (default: $WANDB_MODE, else offline)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no table and no progress bar on the terminal")
     return parser
 
@@ -85,8 +114,14 @@ class Steps:
     def __init__(self, enabled: bool) -> None:
         self.console = Console(stderr=True)
         self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console, transient=True, disable=not (enabled and self.console.is_terminal),
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not (enabled and self.console.is_terminal),
         )
 
     @contextmanager
@@ -146,8 +181,13 @@ def log_to_wandb(report: Report, out: Path, plots: Sequence[PlotFile], project: 
 
     entity, _, name = project.rpartition("/")
     run = wandb.init(
-        project=name, entity=entity or None, job_type="report", mode=mode, dir=str(out),
-        name=f"report-{out.resolve().parent.name}-{out.name}", config={"group_keys": report.keys},
+        project=name,
+        entity=entity or None,
+        job_type="report",
+        mode=mode,
+        dir=str(out),
+        name=f"report-{out.resolve().parent.name}-{out.name}",
+        config={"group_keys": report.keys},
         settings=wandb.Settings(console="off", x_disable_stats=True, disable_git=True, save_code=False, silent=True),
         reinit="finish_previous",
     )
@@ -183,7 +223,7 @@ def run_report(args: argparse.Namespace) -> int:
                     plots = write_plots(groups, building, Band(args.band), args.confidence, advance, args.per_tensor)
             write_csvs(report, building)
             command = shlex.join(["memexp", "report", *sys.argv[1:]])
-            created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
             inputs = [*args.paths, *([f"wandb:{spec}"] if spec else [])]
             (building / "report.md").write_text(markdown(report, plots, command, inputs, created))
             replace_dir(building, out)
@@ -201,8 +241,10 @@ def run_report(args: argparse.Namespace) -> int:
             location = log_to_wandb(report, out, plots, project, mode)
         except Exception as error:  # noqa: BLE001 - the report itself is written; say what failed, in one line
             first_line = str(error).splitlines()[0] if str(error) else ""
-            raise MemexpError(f"--log-wandb: the report is written to {out}/ but W&B logging failed "
-                              f"({type(error).__name__}: {first_line})") from None
+            raise MemexpError(
+                f"--log-wandb: the report is written to {out}/ but W&B logging failed "
+                f"({type(error).__name__}: {first_line})"
+            ) from None
         print(f"plots logged to W&B ({mode}): {location}")
     return 0
 

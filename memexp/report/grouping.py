@@ -101,8 +101,9 @@ def group_runs(
         unknown = [key for key in group_by if key not in known]
         if unknown:
             differing = ", ".join(varying_keys(runs, [*DEFAULT_IGNORED, *ignore])) or "none but the seed"
-            raise MemexpError(f"--group-by={unknown[0]!r} is not allowed: no run has this key; keys that differ: "
-                              f"{differing}")
+            raise MemexpError(
+                f"--group-by={unknown[0]!r} is not allowed: no run has this key; keys that differ: {differing}"
+            )
     keys = list(group_by) if group_by else varying_keys(runs, [*DEFAULT_IGNORED, *ignore])
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:

@@ -106,8 +106,9 @@ def draw_metric(
         curve = group_curve(group, metric, band, confidence)
         if curve is not None:
             n = len(group.seed_values(metric)) or len(group.finished)
-            axes.plot(curve.steps, curve.mean, linestyle, color=colour, lw=1.8,
-                      label=f"{group.label}{label_suffix} (n={n})")
+            axes.plot(
+                curve.steps, curve.mean, linestyle, color=colour, lw=1.8, label=f"{group.label}{label_suffix} (n={n})"
+            )
             if np.any(curve.high > curve.low):
                 axes.fill_between(curve.steps, curve.low, curve.high, color=colour, alpha=0.2, lw=0)
             drawn = True

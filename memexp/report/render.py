@@ -99,9 +99,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
     for group in report.groups:
         table.add_column(f"{group.label}\n{counts_text(group)}", justify="right")
     for metric in report.metrics:
-        table.add_row(
-            metric, *(cell(report.estimates[(g.label, metric)], group_n(g), True) for g in report.groups)
-        )
+        table.add_row(metric, *(cell(report.estimates[(g.label, metric)], group_n(g), True) for g in report.groups))
     console.print(table)
 
     for (group_a, group_b), comparisons in comparisons_by_pair(report).items():
@@ -112,7 +110,9 @@ def print_report(report: Report, console: Console | None = None) -> None:
         for c in comparisons:
             significant = math.isfinite(c.t_pvalue) and c.t_pvalue < 1 - report.confidence
             compare.add_row(
-                c.metric, str(c.n), difference_text(c),
+                c.metric,
+                str(c.n),
+                difference_text(c),
                 f"[bold]{p_value(c.t_pvalue)}[/bold]" if significant else p_value(c.t_pvalue),
                 p_value(c.wilcoxon_pvalue),
             )
@@ -171,8 +171,11 @@ def markdown(report: Report, plots: Sequence[PlotFile], command: str, inputs: Se
     ]
     lines += md_table(header, rows)
     if report.per_tensor_left_out:
-        lines += ["", f"{report.per_tensor_left_out} per-tensor metrics (geom/<metric>/<parameter>) are left out; "
-                  "`--per-tensor` includes them."]
+        lines += [
+            "",
+            f"{report.per_tensor_left_out} per-tensor metrics (geom/<metric>/<parameter>) are left out; "
+            "`--per-tensor` includes them.",
+        ]
     lines += ["", "## Paired-seed comparisons", ""]
     if report.comparisons:
         lines += [TESTS_TEXT.format(pct=pct), ""]
@@ -181,13 +184,18 @@ def markdown(report: Report, plots: Sequence[PlotFile], command: str, inputs: Se
             lines += [f"### {md(group_a)} − {md(group_b)} (seeds {seeds})", ""]
             lines += md_table(
                 ["metric", "n", f"mean diff [{pct}% interval]", "paired t p", "Wilcoxon p"],
-                [[c.metric, str(c.n), difference_text(c), p_value(c.t_pvalue), p_value(c.wilcoxon_pvalue)]
-                 for c in comparisons],
+                [
+                    [c.metric, str(c.n), difference_text(c), p_value(c.t_pvalue), p_value(c.wilcoxon_pvalue)]
+                    for c in comparisons
+                ],
             )
             lines.append("")
     else:
-        lines.append("None: no two groups share at least 2 finished seeds." if len(report.groups) > 1
-                     else "None: a single group.")
+        lines.append(
+            "None: no two groups share at least 2 finished seeds."
+            if len(report.groups) > 1
+            else "None: a single group."
+        )
     for a, b, n in report.skipped_pairs:
         lines += ["", f"No comparison of `{a}` and `{b}`: {n} common finished seed(s), 2 needed."]
     problems = report.problem_runs
@@ -223,30 +231,73 @@ def write_csvs(report: Report, out_dir: Path) -> None:
             counts = group.counts()
             for metric in report.metrics:
                 est = report.estimates[(group.label, metric)]
-                writer.writerow([
-                    group.label, *(group.settings[k] for k in report.keys), metric, est.n,
-                    *(csv_number(v) for v in (est.mean, est.std, est.ci_low, est.ci_high)),
-                    *(counts[s] for s in STATUSES),
-                ])
+                writer.writerow(
+                    [
+                        group.label,
+                        *(group.settings[k] for k in report.keys),
+                        metric,
+                        est.n,
+                        *(csv_number(v) for v in (est.mean, est.std, est.ci_low, est.ci_high)),
+                        *(counts[s] for s in STATUSES),
+                    ]
+                )
     with (out_dir / "runs.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "seed", "status", "step", "max_steps", "source", "detail", *report.metrics])
         for group in report.groups:
             for run in group.runs:
-                writer.writerow([
-                    group.label, csv_number(run.seed), run.status, csv_number(run.step), csv_number(run.max_steps),
-                    run.source, run.detail, *(csv_number(run.final.get(m)) for m in report.metrics),
-                ])
+                writer.writerow(
+                    [
+                        group.label,
+                        csv_number(run.seed),
+                        run.status,
+                        csv_number(run.step),
+                        csv_number(run.max_steps),
+                        run.source,
+                        run.detail,
+                        *(csv_number(run.final.get(m)) for m in report.metrics),
+                    ]
+                )
     with (out_dir / "comparisons.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow([
-            "group_a", "group_b", "metric", "n", "seeds", "mean_diff", "std_diff", "ci_low", "ci_high",
-            "t_statistic", "t_pvalue", "wilcoxon_statistic", "wilcoxon_pvalue",
-        ])
+        writer.writerow(
+            [
+                "group_a",
+                "group_b",
+                "metric",
+                "n",
+                "seeds",
+                "mean_diff",
+                "std_diff",
+                "ci_low",
+                "ci_high",
+                "t_statistic",
+                "t_pvalue",
+                "wilcoxon_statistic",
+                "wilcoxon_pvalue",
+            ]
+        )
         for c in report.comparisons:
             d = c.difference
-            writer.writerow([
-                c.group_a, c.group_b, c.metric, c.n, " ".join(map(str, c.seeds)),
-                *(csv_number(v) for v in (d.mean, d.std, d.ci_low, d.ci_high, c.t_statistic, c.t_pvalue,
-                                          c.wilcoxon_statistic, c.wilcoxon_pvalue)),
-            ])
+            writer.writerow(
+                [
+                    c.group_a,
+                    c.group_b,
+                    c.metric,
+                    c.n,
+                    " ".join(map(str, c.seeds)),
+                    *(
+                        csv_number(v)
+                        for v in (
+                            d.mean,
+                            d.std,
+                            d.ci_low,
+                            d.ci_high,
+                            c.t_statistic,
+                            c.t_pvalue,
+                            c.wilcoxon_statistic,
+                            c.wilcoxon_pvalue,
+                        )
+                    ),
+                ]
+            )

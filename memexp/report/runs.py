@@ -350,9 +350,7 @@ def find_runs(paths: Iterable[str | Path], progress: Any = None) -> list[RunReco
                     # hidden dirs (.git, .venv, a building report) hold no runs
                     dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         if not run_dirs and not sweep_dirs:
-            raise MemexpError(
-                f"PATH {str(raw)!r} holds no runs (a run dir has .hydra/config.yaml or summary.json)"
-            )
+            raise MemexpError(f"PATH {str(raw)!r} holds no runs (a run dir has .hydra/config.yaml or summary.json)")
         loaded = []
         for run_dir in sorted(run_dirs, key=natural_key):
             if run_dir.resolve() in seen:  # the same run reached through two PATHs counts once
@@ -366,7 +364,8 @@ def find_runs(paths: Iterable[str | Path], progress: Any = None) -> list[RunReco
                 continue
             seen.add(sweep_dir.resolve())
             inside = [
-                r for r in records + loaded
+                r
+                for r in records + loaded
                 if r.status != MISSING and Path(r.source).resolve().is_relative_to(sweep_dir.resolve())
             ]
             loaded.extend(missing_jobs(sweep_dir, inside))

@@ -42,16 +42,23 @@ def write_run(
     (run_dir / "checkpoints").mkdir()
     if status is not None:
         last_step = max((e["step"] for e in events), default=max_steps)
-        summary = {"status": status, "step": last_step, "max_steps": max_steps, "run_dir": str(run_dir),
-                   "wall_time_s": 1.0, **(final or {})}
+        summary = {
+            "status": status,
+            "step": last_step,
+            "max_steps": max_steps,
+            "run_dir": str(run_dir),
+            "wall_time_s": 1.0,
+            **(final or {}),
+        }
         if error:
             summary["error"] = error
         (run_dir / "summary.json").write_text(json.dumps(summary))
     return run_dir
 
 
-def curve_history(loss_start: float, loss_end: float, steps: tuple[int, ...] = (10, 20), geom: float | None = None
-                  ) -> list[dict[str, Any]]:
+def curve_history(
+    loss_start: float, loss_end: float, steps: tuple[int, ...] = (10, 20), geom: float | None = None
+) -> list[dict[str, Any]]:
     """Batch-loss events and eval events at ``steps``, losses falling linearly (held-out 10% above
     train), accuracy rising; a geom/sharpness metric when ``geom`` is given (its last value)."""
     events: list[dict[str, Any]] = []
@@ -59,8 +66,13 @@ def curve_history(loss_start: float, loss_end: float, steps: tuple[int, ...] = (
         t = (i + 1) / len(steps)
         train_loss = loss_start + (loss_end - loss_start) * t
         events.append({"step": step, "train/batch_loss": train_loss * 1.05, "lr": 0.1, "epoch": step / 40})
-        eval_event = {"step": step, "train/loss": train_loss, "val/loss": train_loss * 1.1, "train/acc": 0.5 + 0.4 * t,
-                      "val/acc": 0.45 + 0.4 * t}
+        eval_event = {
+            "step": step,
+            "train/loss": train_loss,
+            "val/loss": train_loss * 1.1,
+            "train/acc": 0.5 + 0.4 * t,
+            "val/acc": 0.45 + 0.4 * t,
+        }
         eval_event["gap/loss"] = eval_event["val/loss"] - eval_event["train/loss"]
         eval_event["gap/acc"] = eval_event["val/acc"] - eval_event["train/acc"]
         if geom is not None:

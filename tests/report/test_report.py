@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunWriter, curve_history, write_multirun_yaml
 from matplotlib import colormaps
 from matplotlib.image import imread
 
@@ -18,6 +17,7 @@ from memexp.report.aggregate import build_report
 from memexp.report.grouping import group_runs
 from memexp.report.plots import plan_plots
 from memexp.report.runs import find_runs
+from tests.report.conftest import RunWriter, curve_history, write_multirun_yaml
 
 # Final held-out losses per seed, chosen so the statistics are easy by hand.
 SGD_VAL = {0: 0.5, 1: 0.7, 2: 0.9}  # mean 0.7, std 0.2
@@ -32,16 +32,29 @@ def make_sweep(root: Path, make_run: RunWriter) -> Path:
 
     def run(optimizer: str, seed: int, **kwargs: object) -> None:
         nonlocal num
-        make_run(root / str(num), seed=seed, overrides={"optimizer": optimizer, "trainer": "quick"},
-                 choices={"optimizer": optimizer}, **kwargs)
+        make_run(
+            root / str(num),
+            seed=seed,
+            overrides={"optimizer": optimizer, "trainer": "quick"},
+            choices={"optimizer": optimizer},
+            **kwargs,
+        )
         num += 1
 
     for seed, val in SGD_VAL.items():
-        run("sgd", seed, history=curve_history(2.0 + 0.2 * seed, 0.4 + 0.05 * seed, geom=SGD_SHARPNESS[seed]),
-            final={"train/loss": 0.4, "val/loss": val, "gap/loss": val - 0.4, "train/acc": 0.9, "val/acc": 0.8})
+        run(
+            "sgd",
+            seed,
+            history=curve_history(2.0 + 0.2 * seed, 0.4 + 0.05 * seed, geom=SGD_SHARPNESS[seed]),
+            final={"train/loss": 0.4, "val/loss": val, "gap/loss": val - 0.4, "train/acc": 0.9, "val/acc": 0.8},
+        )
     for seed, val in ADAMW_VAL.items():
-        run("adamw", seed, history=curve_history(2.5 - 0.2 * seed, 0.3 + 0.05 * seed),
-            final={"train/loss": 0.3, "val/loss": val, "gap/loss": val - 0.3, "train/acc": 0.95, "val/acc": 0.85})
+        run(
+            "adamw",
+            seed,
+            history=curve_history(2.5 - 0.2 * seed, 0.3 + 0.05 * seed),
+            final={"train/loss": 0.3, "val/loss": val, "gap/loss": val - 0.3, "train/acc": 0.95, "val/acc": 0.85},
+        )
     diverged = curve_history(2.5, 0.3)[:2] + [{"step": 15, "train/batch_loss": "nan", "lr": 0.1, "epoch": 0.4}]
     run("adamw", 3, status="diverged", history=diverged, final={"train/loss": float("nan")})
     run("adamw", 4, status="failed", error="RuntimeError: boom", history=curve_history(2.5, 0.3)[:1])
@@ -62,8 +75,16 @@ def test_table_statistics_are_exact(tmp_path: Path, make_run: RunWriter) -> None
     assert (sharp.n, sharp.mean, sharp.std) == (3, 4.0, 2.0)
     assert report.estimates[("optimizer=adamw", "geom/sharpness")].n == 0  # not logged there
     # the gap triple first, then the implicit-regularization metrics, cost last
-    assert report.metrics == ["train/loss", "val/loss", "gap/loss", "train/acc", "val/acc", "gap/acc",
-                              "geom/sharpness", "wall_time_s"]
+    assert report.metrics == [
+        "train/loss",
+        "val/loss",
+        "gap/loss",
+        "train/acc",
+        "val/acc",
+        "gap/acc",
+        "geom/sharpness",
+        "wall_time_s",
+    ]
 
 
 def test_cli_writes_the_report_and_counts_broken_runs_apart(
@@ -79,14 +100,21 @@ def test_cli_writes_the_report_and_counts_broken_runs_apart(
     rows = list(csv.DictReader((out / "summary.csv").open()))
     row = next(r for r in rows if r["group"] == "optimizer=sgd" and r["metric"] == "val/loss")
     assert (float(row["mean"]), float(row["std"]), row["n"], row["optimizer"]) == (
-        pytest.approx(0.7, abs=1e-15), pytest.approx(0.2, rel=1e-12), "3", "sgd")
+        pytest.approx(0.7, abs=1e-15),
+        pytest.approx(0.2, rel=1e-12),
+        "3",
+        "sgd",
+    )
     adamw = next(r for r in rows if r["group"] == "optimizer=adamw" and r["metric"] == "val/loss")
     assert (adamw["finished"], adamw["diverged"], adamw["failed"], adamw["missing"]) == ("3", "1", "1", "0")
 
     comparison = next(r for r in csv.DictReader((out / "comparisons.csv").open()) if r["metric"] == "val/loss")
     t = 2 * math.sqrt(3)  # differences adamw − sgd: -0.1, -0.3, -0.2
     assert (comparison["group_a"], comparison["group_b"], comparison["seeds"]) == (
-        "optimizer=adamw", "optimizer=sgd", "0 1 2")
+        "optimizer=adamw",
+        "optimizer=sgd",
+        "0 1 2",
+    )
     assert float(comparison["mean_diff"]) == pytest.approx(-0.2, rel=1e-12)
     assert float(comparison["t_pvalue"]) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     assert float(comparison["wilcoxon_pvalue"]) == pytest.approx(0.25)  # all three negative: 2/2^3
@@ -107,8 +135,14 @@ def test_every_plot_is_written_and_not_blank(tmp_path: Path, make_run: RunWriter
     assert memexp_main(["report", str(sweep), "--quiet"]) == 0
     out = sweep / "report"
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert written == ["acc_curves.png", "gap.png", "loss_curves.png", "metrics/geom_sharpness.png",
-                       "metrics/lr.png", "metrics/train_batch_loss.png"]
+    assert written == [
+        "acc_curves.png",
+        "gap.png",
+        "loss_curves.png",
+        "metrics/geom_sharpness.png",
+        "metrics/lr.png",
+        "metrics/train_batch_loss.png",
+    ]
     palette = [np.asarray(colormaps["tab10"](i)[:3]) for i in range(2)]
     for name in written:
         pixels = imread(out / name)[..., :3]
@@ -123,12 +157,20 @@ def test_every_plot_is_written_and_not_blank(tmp_path: Path, make_run: RunWriter
 def test_missing_and_incomplete_runs_are_reported_not_crashed_on(tmp_path: Path, make_run: RunWriter) -> None:
     sweep = tmp_path / "sweep"
     write_multirun_yaml(sweep, ["optimizer=sgd,lion", "seed=0,1"])
-    make_run(sweep / "0", seed=0, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0),
-             final={"val/loss": 1.0})
-    make_run(sweep / "1", seed=1, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0),
-             final={"val/loss": 1.2})
-    make_run(sweep / "2", seed=0, overrides={"optimizer": "lion"}, choices={"optimizer": "lion"}, status="running",
-             history=curve_history(2.0, 1.0)[:2])
+    make_run(
+        sweep / "0", seed=0, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0), final={"val/loss": 1.0}
+    )
+    make_run(
+        sweep / "1", seed=1, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0), final={"val/loss": 1.2}
+    )
+    make_run(
+        sweep / "2",
+        seed=0,
+        overrides={"optimizer": "lion"},
+        choices={"optimizer": "lion"},
+        status="running",
+        history=curve_history(2.0, 1.0)[:2],
+    )
     (sweep / "3" / ".hydra").mkdir(parents=True)  # a job that died before writing its config
     assert memexp_main(["report", str(sweep), "--quiet", "--no-plots"]) == 0
     text = (sweep / "report" / "report.md").read_text()
@@ -177,8 +219,15 @@ def test_rerun_replaces_a_report_but_never_another_directory(
 
 def test_per_tensor_breakdowns_only_on_request(tmp_path: Path, make_run: RunWriter) -> None:
     for seed in (0, 1):
-        history = [{"step": 10, "geom/weight_norm": 3.0 + seed, "geom/weight_norm/fc1.weight": 2.0,
-                    "geom/weight_norm/fc1.bias": 1.0, "geom/grad_l1/odd": 5.0}]
+        history = [
+            {
+                "step": 10,
+                "geom/weight_norm": 3.0 + seed,
+                "geom/weight_norm/fc1.weight": 2.0,
+                "geom/weight_norm/fc1.bias": 1.0,
+                "geom/grad_l1/odd": 5.0,
+            }
+        ]
         make_run(tmp_path / str(seed), seed=seed, history=history, final={"val/loss": 1.0})
     keys, groups = group_runs(find_runs([tmp_path]))
     default = build_report(keys, groups)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunWriter, curve_history, write_multirun_yaml
 
 from memexp.errors import MemexpError
 from memexp.report.runs import (
@@ -20,18 +19,32 @@ from memexp.report.runs import (
     find_runs,
     load_run_dir,
 )
+from tests.report.conftest import RunWriter, curve_history, write_multirun_yaml
 
 
 def test_finished_run_final_metrics_and_history(tmp_path: Path, make_run: RunWriter) -> None:
     history = curve_history(2.0, 1.0, geom=4.0)
-    run = load_run_dir(make_run(tmp_path / "r", seed=3, final={"train/loss": 1.0, "val/loss": 1.1,
-                                                                "gap/loss": 0.1, "lr": 0.1}, history=history))
+    run = load_run_dir(
+        make_run(
+            tmp_path / "r",
+            seed=3,
+            final={"train/loss": 1.0, "val/loss": 1.1, "gap/loss": 0.1, "lr": 0.1},
+            history=history,
+        )
+    )
     assert (run.status, run.seed, run.step, run.max_steps) == (FINISHED, 3, 20, 20)
     # summary's train/val/gap and wall time; the last logged value of everything else namespaced (geom,
     # and the acc metrics this summary lacks); never lr or the batch loss
-    assert run.final == {"train/loss": 1.0, "val/loss": 1.1, "gap/loss": 0.1, "wall_time_s": 1.0,
-                         "geom/sharpness": 4.0, "train/acc": 0.9, "val/acc": pytest.approx(0.85, abs=1e-12),
-                         "gap/acc": pytest.approx(-0.05, abs=1e-12)}
+    assert run.final == {
+        "train/loss": 1.0,
+        "val/loss": 1.1,
+        "gap/loss": 0.1,
+        "wall_time_s": 1.0,
+        "geom/sharpness": 4.0,
+        "train/acc": 0.9,
+        "val/acc": pytest.approx(0.85, abs=1e-12),
+        "gap/acc": pytest.approx(-0.05, abs=1e-12),
+    }
     assert run.history["train/loss"].steps.tolist() == [10, 20]
     assert run.history["train/loss"].values.tolist() == [1.5, 1.0]
     assert run.setting("optimizer") == "sgd" and run.setting("optimizer.lr") == "0.1"
@@ -40,8 +53,12 @@ def test_finished_run_final_metrics_and_history(tmp_path: Path, make_run: RunWri
 def test_resumed_run_replayed_steps_keep_the_last_value_and_nan_strings_parse(
     tmp_path: Path, make_run: RunWriter
 ) -> None:
-    events = [{"step": 5, "train/batch_loss": 2.0}, {"step": 10, "train/batch_loss": 1.5},
-              {"step": 5, "train/batch_loss": 1.9}, {"step": 10, "train/batch_loss": "nan"}]
+    events = [
+        {"step": 5, "train/batch_loss": 2.0},
+        {"step": 10, "train/batch_loss": 1.5},
+        {"step": 5, "train/batch_loss": 1.9},
+        {"step": 10, "train/batch_loss": "nan"},
+    ]
     run = load_run_dir(make_run(tmp_path / "r", seed=0, status=DIVERGED, history=events))
     trace = run.history["train/batch_loss"]
     assert trace.steps.tolist() == [5, 10]
@@ -69,11 +86,16 @@ def test_truncated_metrics_line_is_skipped_and_reported(tmp_path: Path, make_run
     ],
 )
 def test_broken_runs_get_a_status_and_a_reason(
-    tmp_path: Path, make_run: RunWriter, status: str | None, summary_text: str | None,
-    expected_status: str, expected_detail: str,
+    tmp_path: Path,
+    make_run: RunWriter,
+    status: str | None,
+    summary_text: str | None,
+    expected_status: str,
+    expected_detail: str,
 ) -> None:
-    run_dir = make_run(tmp_path / "r", seed=1, status=status, history=curve_history(2.0, 1.0),
-                       error="RuntimeError: CUDA out of memory")
+    run_dir = make_run(
+        tmp_path / "r", seed=1, status=status, history=curve_history(2.0, 1.0), error="RuntimeError: CUDA out of memory"
+    )
     if summary_text is not None:
         (run_dir / "summary.json").write_text(summary_text)
     run = load_run_dir(run_dir)
@@ -98,14 +120,22 @@ def test_sweep_with_missing_and_extra_jobs(tmp_path: Path, make_run: RunWriter) 
     sweep = tmp_path / "sweep"
     write_multirun_yaml(sweep, ["optimizer=sgd,adamw", "seed=0,1"])
     for num, (optimizer, seed) in enumerate([("sgd", 0), ("sgd", 1), ("adamw", 1)]):
-        make_run(sweep / str(num), seed=seed, overrides={"optimizer": optimizer}, choices={"optimizer": optimizer},
-                 history=curve_history(2.0, 1.0))
+        make_run(
+            sweep / str(num),
+            seed=seed,
+            overrides={"optimizer": optimizer},
+            choices={"optimizer": optimizer},
+            history=curve_history(2.0, 1.0),
+        )
     (sweep / "report").mkdir()  # an earlier report is not a run
     runs = find_runs([sweep])
     assert [r.status for r in runs] == [FINISHED, FINISHED, FINISHED, MISSING]
     missing = runs[-1]
     assert (missing.seed, missing.overrides, missing.setting("optimizer")) == (
-        0, {"optimizer": "adamw", "seed": "0"}, "adamw")
+        0,
+        {"optimizer": "adamw", "seed": "0"},
+        "adamw",
+    )
     assert "optimizer=adamw seed=0" in missing.source
 
 

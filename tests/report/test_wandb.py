@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunWriter, curve_history
 
 from memexp.cli import main as memexp_main
 from memexp.errors import MemexpError
 from memexp.report import cli as report_cli
 from memexp.report.runs import DIVERGED, FINISHED, INCOMPLETE
 from memexp.report.wandb_source import WandbSpec, fetch_runs, parse_spec, record_from_wandb
+from tests.report.conftest import RunWriter, curve_history
 
 
 class FakeWandbRun:
@@ -23,12 +23,25 @@ class FakeWandbRun:
     def __init__(self, name: str, seed: int, optimizer: str, status: str | None, state: str, val_loss: float) -> None:
         self.path = ["me", "memexp", name]
         self.state = state
-        self.config = {"seed": seed, "optimizer": {"name": optimizer, "lr": 0.1 if optimizer == "sgd" else 0.001},
-                       "_wandb": {"internal": 1}}
-        self.summary = {"_runtime": 3.0, "train/loss": 0.5, "val/loss": val_loss, "gap/loss": val_loss - 0.5,
-                        "step": 20, "max_steps": 20, **({"status": status} if status else {})}
-        self.rows = [{"_step": s, "step": s, "_runtime": 1.0, **e} for e in curve_history(2.0, 0.5, geom=seed + 1.0)
-                     for s in [e["step"]]]
+        self.config = {
+            "seed": seed,
+            "optimizer": {"name": optimizer, "lr": 0.1 if optimizer == "sgd" else 0.001},
+            "_wandb": {"internal": 1},
+        }
+        self.summary = {
+            "_runtime": 3.0,
+            "train/loss": 0.5,
+            "val/loss": val_loss,
+            "gap/loss": val_loss - 0.5,
+            "step": 20,
+            "max_steps": 20,
+            **({"status": status} if status else {}),
+        }
+        self.rows = [
+            {"_step": s, "step": s, "_runtime": 1.0, **e}
+            for e in curve_history(2.0, 0.5, geom=seed + 1.0)
+            for s in [e["step"]]
+        ]
 
     def scan_history(self) -> list[dict[str, Any]]:
         return self.rows
@@ -69,8 +82,11 @@ def test_unreachable_api_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.
 def test_cli_reads_wandb_runs_next_to_local_ones(
     tmp_path: Path, make_run: RunWriter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake = [FakeWandbRun(f"r{seed}{opt}", seed, opt, "finished", "finished", val)
-            for opt, vals in (("sgd", (0.9, 1.0, 1.2)), ("adamw", (0.8, 0.8, 1.0))) for seed, val in enumerate(vals)]
+    fake = [
+        FakeWandbRun(f"r{seed}{opt}", seed, opt, "finished", "finished", val)
+        for opt, vals in (("sgd", (0.9, 1.0, 1.2)), ("adamw", (0.8, 0.8, 1.0)))
+        for seed, val in enumerate(vals)
+    ]
     requested: list[WandbSpec] = []
 
     def fake_fetch(spec: WandbSpec, advance: Any = None) -> list[Any]:
@@ -97,8 +113,12 @@ def test_log_wandb_offline_logs_every_plot_and_the_table(
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     for seed in (0, 1):
-        make_run(tmp_path / "sweep" / str(seed), seed=seed, history=curve_history(2.0 + seed, 1.0),
-                 final={"val/loss": 1.0 + seed})
+        make_run(
+            tmp_path / "sweep" / str(seed),
+            seed=seed,
+            history=curve_history(2.0 + seed, 1.0),
+            final={"val/loss": 1.0 + seed},
+        )
     sweep = tmp_path / "sweep"
     assert memexp_main(["report", str(sweep), "--quiet", "--log-wandb"]) == 0
     (run_dir,) = (sweep / "report" / "wandb").glob("offline-run-*")
