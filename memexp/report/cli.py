@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -24,10 +25,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from memexp.errors import MemexpError
 from memexp.report.aggregate import Report, build_report
 from memexp.report.grouping import DEFAULT_IGNORED, find_group, group_runs
-from memexp.report.plots import Band, PlotFile, plan_plots, write_plots
 from memexp.report.render import markdown, print_report, write_csvs
 from memexp.report.runs import RunRecord, find_runs
+from memexp.report.stats import Band
 from memexp.report.wandb_source import WandbSpec, fetch_runs, parse_spec
+
+if TYPE_CHECKING:
+    from memexp.report.plots import PlotFile
 
 DESCRIPTION = """Compare runs: group them by the overrides that differ (all but the seed), aggregate
 over seeds (mean, std, t-interval, n), test paired seeds between groups (paired t and Wilcoxon),
@@ -203,6 +207,8 @@ def log_to_wandb(report: Report, out: Path, plots: Sequence[PlotFile], project: 
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from memexp.report.plots import plan_plots, write_plots  # matplotlib: only when a report is made
+
     check_args(args)
     spec = parse_spec(args.wandb) if args.wandb else None
     out = output_dir(args)

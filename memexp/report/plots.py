@@ -11,7 +11,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,7 @@ from matplotlib.figure import Figure
 
 from memexp.report.grouping import Group
 from memexp.report.runs import DIVERGED, per_tensor_metrics
-from memexp.report.stats import t_quantile
-
-
-class Band(Enum):
-    std = "std"  # mean ± one sample std
-    ci = "ci"  # the t-interval of the mean
-    minmax = "minmax"  # the full range of the seeds
-
+from memexp.report.stats import Band, t_quantile
 
 BAND_TEXT = {
     Band.std: "band: mean ± 1 std over seeds",

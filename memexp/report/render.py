@@ -8,15 +8,18 @@ import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from memexp.report.aggregate import Report
 from memexp.report.grouping import Group, duplicate_seeds
-from memexp.report.plots import PlotFile
 from memexp.report.runs import FINISHED, STATUSES
 from memexp.report.stats import Estimate, PairedComparison
+
+if TYPE_CHECKING:
+    from memexp.report.plots import PlotFile
 
 TESTS_TEXT = (
     "difference = A − B per seed, over the seeds both groups finished; {pct}% t-interval of the mean "

@@ -17,9 +17,11 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
-from scipy import stats as scipy_stats
+
+# scipy is imported inside the functions that need it: `memexp report --help` stays fast.
 
 NAN = float("nan")
 
@@ -35,7 +37,17 @@ class Estimate:
     ci_high: float
 
 
+class Band(Enum):
+    """The spread over seeds a plot shades around the mean."""
+
+    std = "std"  # mean ± one sample std
+    ci = "ci"  # the t-interval of the mean
+    minmax = "minmax"  # the full range of the seeds
+
+
 def t_quantile(confidence: float, dof: int) -> float:
+    from scipy import stats as scipy_stats
+
     return float(scipy_stats.t.ppf(0.5 + confidence / 2.0, dof))
 
 
@@ -78,6 +90,8 @@ def paired_t(differences: np.ndarray) -> tuple[float, float]:
     undefined: fewer than two pairs, or all differences equal (zero variance)."""
     if differences.size < 2 or np.all(differences == differences[0]):
         return NAN, NAN
+    from scipy import stats as scipy_stats
+
     result = scipy_stats.ttest_1samp(differences, 0.0)
     return float(result.statistic), float(result.pvalue)
 
@@ -86,6 +100,8 @@ def wilcoxon_signed_rank(differences: np.ndarray) -> tuple[float, float]:
     """Two-sided Wilcoxon signed-rank test; NaN when no difference is non-zero."""
     if not np.any(differences != 0):
         return NAN, NAN
+    from scipy import stats as scipy_stats
+
     with warnings.catch_warnings():
         # scipy warns that an exact p-value is not possible with ties or zeros and then uses an
         # exhaustive permutation instead (n ≤ 13); that is what we want, silently.

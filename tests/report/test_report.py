@@ -239,3 +239,23 @@ def test_per_tensor_breakdowns_only_on_request(tmp_path: Path, make_run: RunWrit
     assert "geom/weight_norm/fc1.weight" in full.metrics and full.per_tensor_left_out == 0
     assert [s.relative for s in plan_plots(groups)] == ["metrics/geom_grad_l1_odd.png", "metrics/geom_weight_norm.png"]
     assert len(plan_plots(groups, per_tensor=True)) == 4
+
+
+def test_help_is_fast_to_import() -> None:
+    """`memexp report --help` loads neither matplotlib nor scipy (nor torch)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from memexp.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try:\n"
+        "        main(['report', '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "assert 'usage: memexp report' in out.getvalue()\n"
+        "print(sorted(m for m in ('matplotlib', 'scipy', 'torch') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
