@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed band in plots: mean ± std (default), t-interval of the mean, or min–max",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--log-x", action="store_true", help="log-scaled step axis (for metrics on a log schedule)")
     parser.add_argument(
         "--per-tensor",
         action="store_true",
@@ -207,7 +208,8 @@ def log_to_wandb(report: Report, out: Path, plots: Sequence[PlotFile], project: 
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from memexp.report.plots import plan_plots, write_plots  # matplotlib: only when a report is made
+    # matplotlib only when a report is made
+    from memexp.report.plots import PlotOptions, plan_plots, write_plots
 
     check_args(args)
     spec = parse_spec(args.wandb) if args.wandb else None
@@ -225,8 +227,9 @@ def run_report(args: argparse.Namespace) -> int:
         try:
             plots: list[PlotFile] = []
             if not args.no_plots:
-                with steps.task("plotting", total=len(plan_plots(groups, args.per_tensor))) as advance:
-                    plots = write_plots(groups, building, Band(args.band), args.confidence, advance, args.per_tensor)
+                options = PlotOptions(Band(args.band), args.confidence, args.per_tensor, args.log_x)
+                with steps.task("plotting", total=len(plan_plots(groups, options.per_tensor))) as advance:
+                    plots = write_plots(groups, building, options, advance)
             write_csvs(report, building)
             command = shlex.join(["memexp", "report", *sys.argv[1:]])
             created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

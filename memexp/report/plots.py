@@ -40,6 +40,18 @@ class Curve:
     high: np.ndarray
 
 
+@dataclass(frozen=True)
+class PlotOptions:
+    band: Band = Band.std
+    confidence: float = 0.95  # for Band.ci
+    per_tensor: bool = False  # also plot geom/<metric>/<parameter> breakdowns
+    log_x: bool = False  # log-scaled steps (metrics on a log schedule resolve the early transient)
+
+    @property
+    def band_text(self) -> str:
+        return BAND_TEXT[self.band].format(pct=round(self.confidence * 100))
+
+
 @dataclass
 class PlotFile:
     path: Path  # relative to the report dir
@@ -86,8 +98,7 @@ def draw_metric(
     groups: Sequence[Group],
     metric: str,
     colours: dict[str, tuple[float, ...]],
-    band: Band,
-    confidence: float,
+    options: PlotOptions,
     linestyle: str = "-",
     label_suffix: str = "",
 ) -> bool:
@@ -95,7 +106,7 @@ def draw_metric(
     drawn = False
     for group in groups:
         colour = colours[group.label]
-        curve = group_curve(group, metric, band, confidence)
+        curve = group_curve(group, metric, options.band, options.confidence)
         if curve is not None:
             n = len(group.seed_values(metric)) or len(group.finished)
             axes.plot(
@@ -133,8 +144,10 @@ def new_figure(rows: int = 1) -> tuple[Figure, list[Axes]]:
     return figure, axes
 
 
-def finish_axes(axes: Axes, title: str, ylabel: str) -> None:
-    axes.set_title(title, fontsize=10)
+def finish_axes(axes: Axes, title: str, ylabel: str, options: PlotOptions) -> None:
+    if options.log_x:
+        axes.set_xscale("log")
+    axes.set_title(f"{title}; {options.band_text}", fontsize=10)
     axes.set_xlabel("step")
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
@@ -167,7 +180,7 @@ class PlotSpec:
 NOT_PLOTTED = frozenset({"step", "epoch"})
 
 
-def plan_plots(groups: Sequence[Group], per_tensor: bool = False) -> list[PlotSpec]:
+def plan_plots(groups: Sequence[Group], per_tensor: bool) -> list[PlotSpec]:
     """Which files the report gets, in report order (per-tensor breakdowns only when asked)."""
     metrics = history_metrics(groups)
     if not per_tensor:
@@ -190,50 +203,48 @@ def plan_plots(groups: Sequence[Group], per_tensor: bool = False) -> list[PlotSp
     return specs
 
 
-def render(spec: PlotSpec, groups: Sequence[Group], band: Band, confidence: float) -> Figure:
+def render(spec: PlotSpec, groups: Sequence[Group], options: PlotOptions) -> Figure:
     colours = group_colours(groups)
-    band_text = BAND_TEXT[band].format(pct=round(confidence * 100))
     if spec.kind == "split":
         quantity = spec.metrics[0].split("/", 1)[1]
         figure, (axes,) = new_figure()
         for metric, (split, style) in zip(spec.metrics, SPLIT_STYLES.items()):
-            draw_metric(axes, groups, metric, colours, band, confidence, style, f" {SPLIT_NAMES[split]}")
+            draw_metric(axes, groups, metric, colours, options, style, f" {SPLIT_NAMES[split]}")
         if quantity == "loss":
             auto_log_scale(axes)
-        finish_axes(axes, f"{quantity}: train (solid) vs held-out (dashed); {band_text}", quantity)
+        finish_axes(axes, f"{quantity}: train (solid) vs held-out (dashed)", quantity, options)
         return figure
     if spec.kind == "gap":
         figure, all_axes = new_figure(len(spec.metrics))
         for axes, metric in zip(all_axes, spec.metrics):
-            draw_metric(axes, groups, metric, colours, band, confidence)
+            draw_metric(axes, groups, metric, colours, options)
             # memexp.tasks: gaps are held-out minus train, except ratios (gap/ppl_ratio) held-out / train
             is_ratio = metric.endswith("_ratio")
             axes.axhline(1.0 if is_ratio else 0.0, color="0.5", lw=0.8)
-            finish_axes(axes, f"{metric} (held-out {'/' if is_ratio else '−'} train); {band_text}", metric)
+            finish_axes(axes, f"{metric} (held-out {'/' if is_ratio else '−'} train)", metric, options)
         return figure
     (metric,) = spec.metrics
     figure, (axes,) = new_figure()
-    draw_metric(axes, groups, metric, colours, band, confidence)
+    draw_metric(axes, groups, metric, colours, options)
     if metric.endswith("loss"):
         auto_log_scale(axes)
-    finish_axes(axes, f"{metric}; {band_text}", metric)
+    finish_axes(axes, metric, metric, options)
     return figure
 
 
 def write_plots(
     groups: Sequence[Group],
     out_dir: Path,
-    band: Band = Band.std,
-    confidence: float = 0.95,
+    options: PlotOptions | None = None,
     advance: Callable[[], None] | None = None,
-    per_tensor: bool = False,
 ) -> list[PlotFile]:
     """Write every planned plot under ``out_dir``; returns them in report order."""
+    options = options or PlotOptions()
     plots = []
-    for spec in plan_plots(groups, per_tensor):
+    for spec in plan_plots(groups, options.per_tensor):
         target = out_dir / spec.relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        render(spec, groups, band, confidence).savefig(target, dpi=110)
+        render(spec, groups, options).savefig(target, dpi=110)
         plots.append(PlotFile(Path(spec.relative), spec.title))
         if advance is not None:
             advance()

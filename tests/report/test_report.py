@@ -126,7 +126,7 @@ def test_cli_writes_the_report_and_counts_broken_runs_apart(
     assert "Runs: 6 finished, 1 diverged, 1 failed, 0 incomplete, 0 missing." in text
     assert "| failed | optimizer=adamw | 4 |" in text and "RuntimeError: boom at step 10/20" in text
     assert "Wilcoxon signed-rank" in text and "paired t-test" in text
-    for plot in plan_plots(group_runs(find_runs([sweep]))[1]):
+    for plot in plan_plots(group_runs(find_runs([sweep]))[1], per_tensor=False):
         assert f"]({plot.relative})" in text
 
 
@@ -207,7 +207,7 @@ def test_rerun_replaces_a_report_but_never_another_directory(
 ) -> None:
     sweep = make_sweep(tmp_path / "sweep", make_run)
     assert memexp_main(["report", str(sweep), "--quiet", "--no-plots"]) == 0
-    assert memexp_main(["report", str(sweep), "--quiet", "--band", "minmax"]) == 0
+    assert memexp_main(["report", str(sweep), "--quiet", "--band", "minmax", "--log-x"]) == 0
     assert (sweep / "report" / "loss_curves.png").is_file()
     other = tmp_path / "precious"
     other.mkdir()
@@ -237,7 +237,8 @@ def test_per_tensor_breakdowns_only_on_request(tmp_path: Path, make_run: RunWrit
     assert default.estimates[("all runs", "geom/weight_norm")].mean == 3.5
     full = build_report(keys, groups, per_tensor=True)
     assert "geom/weight_norm/fc1.weight" in full.metrics and full.per_tensor_left_out == 0
-    assert [s.relative for s in plan_plots(groups)] == ["metrics/geom_grad_l1_odd.png", "metrics/geom_weight_norm.png"]
+    planned = [s.relative for s in plan_plots(groups, per_tensor=False)]
+    assert planned == ["metrics/geom_grad_l1_odd.png", "metrics/geom_weight_norm.png"]
     assert len(plan_plots(groups, per_tensor=True)) == 4
 
 
