@@ -195,26 +195,70 @@ def is_run_dir(path: Path) -> bool:
     return (path / ".hydra").is_dir() or (path / "summary.json").is_file()
 
 
-def load_run_dir(run_dir: Path) -> RunRecord:
-    """One run directory. Never raises for a broken run: it comes back with a status and a detail."""
-    record = RunRecord(source=str(run_dir), status=INCOMPLETE)
-    notes: list[str] = []
-    hydra_dir = run_dir / ".hydra"
+def read_hydra_dir(record: RunRecord, hydra_dir: Path) -> list[str]:
+    """Fill the record's config, overrides and group choices from ``.hydra/``; returns problems."""
+    notes = []
     try:
         if (hydra_dir / "config.yaml").is_file():
             record.config = flatten(read_yaml(hydra_dir / "config.yaml") or {})
         if (hydra_dir / "overrides.yaml").is_file():
-            record.overrides = parse_overrides(read_yaml(hydra_dir / "overrides.yaml") or [])
+            overrides = read_yaml(hydra_dir / "overrides.yaml") or []
+            if isinstance(overrides, list):
+                record.overrides = parse_overrides(overrides)
+            else:
+                notes.append(".hydra/overrides.yaml is not a list of overrides")
         if (hydra_dir / "hydra.yaml").is_file():
-            choices = ((read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}).get("runtime", {})
-            record.choices = {k: format_value(v) for k, v in (choices.get("choices") or {}).items()}
-    except (OSError, yaml.YAMLError) as error:
+            hydra = (read_yaml(hydra_dir / "hydra.yaml") or {}).get("hydra") or {}
+            choices = (hydra.get("runtime") or {}).get("choices") or {}
+            record.choices = {key: format_value(value) for key, value in choices.items()}
+    except (OSError, yaml.YAMLError, AttributeError) as error:
         notes.append(f".hydra unreadable: {type(error).__name__}: {error}")
     seed = record.config.get("seed", record.overrides.get("seed"))
     try:
         record.seed = int(seed) if seed is not None else None
     except (TypeError, ValueError):
         notes.append(f"seed {seed!r} is not an integer")
+    return notes
+
+
+def read_summary(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """summary.json, or None with the reason it cannot be used."""
+    if not path.is_file():
+        return None, ""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return None, f"summary.json unreadable: {type(error).__name__}: {error}"
+    if not isinstance(summary, dict):
+        return None, "summary.json unreadable: not a JSON object"
+    return summary, ""
+
+
+def apply_summary(record: RunRecord, summary: dict[str, Any]) -> str:
+    """Status, steps and final metrics from the summary; returns why the run is not finished."""
+    step, max_steps = summary.get("step"), summary.get("max_steps")
+    record.step = step if isinstance(step, int) else record.step
+    record.max_steps = max_steps if isinstance(max_steps, int) else None
+    record.final = final_metrics(summary, record.history)
+    status = summary.get("status")
+    progress = f"step {record.step}/{record.max_steps if record.max_steps is not None else '?'}"
+    if status in (FINISHED, DIVERGED, FAILED):
+        record.status = status
+    if status == DIVERGED:
+        return f"non-finite loss, stopped at {progress}"
+    if status == FAILED:
+        return f"{summary.get('error', 'failed')} at {progress}"
+    if status == "running":
+        return f"status 'running' at {progress}: still running, or killed without a final summary"
+    if status != FINISHED:
+        return f"unknown status {status!r} in summary.json"
+    return ""
+
+
+def load_run_dir(run_dir: Path) -> RunRecord:
+    """One run directory. Never raises for a broken run: it comes back with a status and a detail."""
+    record = RunRecord(source=str(run_dir), status=INCOMPLETE)
+    notes = read_hydra_dir(record, run_dir / ".hydra")
 
     events: list[dict[str, Any]] = []
     metrics_path = run_dir / "metrics.jsonl"
@@ -223,41 +267,19 @@ def load_run_dir(run_dir: Path) -> RunRecord:
             events, note = read_events(metrics_path)
         except OSError as error:
             note = f"metrics.jsonl unreadable: {error}"
-        if note:
-            notes.append(note)
+        notes.append(note)
     record.history = history_from_events(events)
-    last_logged_step = max((int(e["step"]) for e in events if isinstance(e.get("step"), int)), default=None)
+    record.step = max((int(e["step"]) for e in events if isinstance(e.get("step"), int)), default=None)
 
-    summary: dict[str, Any] | None = None
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            notes.append(f"summary.json unreadable: {type(error).__name__}: {error}")
-    if summary is None:
-        where = f"metrics.jsonl stops at step {last_logged_step}" if last_logged_step is not None else "no metrics"
-        record.step = last_logged_step
-        notes.insert(0, f"no summary.json ({where}): never started, or killed before its first summary")
+    summary, problem = read_summary(run_dir / "summary.json")
+    if summary is not None:
+        notes.insert(0, apply_summary(record, summary))
+    elif problem:
+        notes.insert(0, problem)
     else:
-        record.step = summary.get("step") if isinstance(summary.get("step"), int) else last_logged_step
-        record.max_steps = summary.get("max_steps") if isinstance(summary.get("max_steps"), int) else None
-        record.final = final_metrics(summary, record.history)
-        status = summary.get("status")
-        progress = f"step {record.step}/{record.max_steps if record.max_steps is not None else '?'}"
-        if status == FINISHED:
-            record.status = FINISHED
-        elif status == DIVERGED:
-            record.status = DIVERGED
-            notes.insert(0, f"non-finite loss, stopped at {progress}")
-        elif status == FAILED:
-            record.status = FAILED
-            notes.insert(0, f"{summary.get('error', 'failed')} at {progress}")
-        elif status == "running":
-            notes.insert(0, f"status 'running' at {progress}: still running, or killed without a final summary")
-        else:
-            notes.insert(0, f"unknown status {status!r} in summary.json")
-    record.detail = "; ".join(notes)
+        where = f"metrics.jsonl stops at step {record.step}" if record.step is not None else "no metrics"
+        notes.insert(0, f"no summary.json ({where}): never started, or killed before its first summary")
+    record.detail = "; ".join(note for note in notes if note)
     return record
 
 

@@ -82,6 +82,7 @@ def test_truncated_metrics_line_is_skipped_and_reported(tmp_path: Path, make_run
         (None, None, INCOMPLETE, "no summary.json (metrics.jsonl stops at step 20)"),
         ("failed", None, FAILED, "RuntimeError: CUDA out of memory at step 20/20"),
         ("finished", "{not json", INCOMPLETE, "summary.json unreadable: JSONDecodeError"),
+        ("finished", "[1, 2]", INCOMPLETE, "summary.json unreadable: not a JSON object"),
         ("paused", None, INCOMPLETE, "unknown status 'paused'"),
     ],
 )
