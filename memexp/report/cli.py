@@ -207,7 +207,7 @@ def log_to_wandb(report: Report, out: Path, plots: Sequence[PlotFile], project: 
         run.finish()
 
 
-def run_report(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # matplotlib only when a report is made
     from memexp.report.plots import PlotOptions, plan_plots, write_plots
 
@@ -231,7 +231,7 @@ def run_report(args: argparse.Namespace) -> int:
                 with steps.task("plotting", total=len(plan_plots(groups, options.per_tensor))) as advance:
                     plots = write_plots(groups, building, options, advance)
             write_csvs(report, building)
-            command = shlex.join(["memexp", "report", *sys.argv[1:]])
+            command = shlex.join(["memexp", "report", *argv])
             created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
             inputs = [*args.paths, *([f"wandb:{spec}"] if spec else [])]
             (building / "report.md").write_text(markdown(report, plots, command, inputs, created))
@@ -259,9 +259,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return run_report(args)
+        return run_report(args, argv)
     except MemexpError as error:
         print(f"memexp report: error: {error}", file=sys.stderr)
         return 2

@@ -75,6 +75,7 @@ def collapse_group_keys(keys: list[str], runs: Sequence[RunRecord]) -> list[str]
             if all(len(values) == 1 for values in by_name.values()):
                 determined.append(sibling)
         result = [group if k == key else k for k in result if k not in determined]
+        # Runs answer setting("optimizer") from their choices, as local runs do from Hydra's.
         for run in runs:
             if group not in run.choices and key in run.config:
                 run.choices[group] = str(run.config[key])

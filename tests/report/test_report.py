@@ -126,6 +126,7 @@ def test_cli_writes_the_report_and_counts_broken_runs_apart(
     assert "Runs: 6 finished, 1 diverged, 1 failed, 0 incomplete, 0 missing." in text
     assert "| failed | optimizer=adamw | 4 |" in text and "RuntimeError: boom at step 10/20" in text
     assert "Wilcoxon signed-rank" in text and "paired t-test" in text
+    assert f"by `memexp report --group-by optimizer --baseline optimizer=sgd {sweep}`" in text
     for plot in plan_plots(group_runs(find_runs([sweep]))[1], per_tensor=False):
         assert f"]({plot.relative})" in text
 
