@@ -101,33 +101,41 @@ def draw_metric(
     options: PlotOptions,
     linestyle: str = "-",
     label_suffix: str = "",
-) -> bool:
-    """Draw one metric for every group; False when no group logged it."""
-    drawn = False
+) -> None:
+    """Draw one metric for every group: mean and band over finished runs, diverged runs one by one."""
     for group in groups:
         colour = colours[group.label]
         curve = group_curve(group, metric, options.band, options.confidence)
         if curve is not None:
             n = len(group.seed_values(metric)) or len(group.finished)
-            axes.plot(
-                curve.steps, curve.mean, linestyle, color=colour, lw=1.8, label=f"{group.label}{label_suffix} (n={n})"
-            )
+            label = f"{group.label}{label_suffix} (n={n})"
+            axes.plot(curve.steps, curve.mean, linestyle, color=colour, lw=1.8, label=label)
             if np.any(curve.high > curve.low):
                 axes.fill_between(curve.steps, curve.low, curve.high, color=colour, alpha=0.2, lw=0)
-            drawn = True
+        elif not group.finished:
+            # A group with no finished run still gets its colour in the legend, saying why it has no curve.
+            counts = ", ".join(f"{n} {status}" for status, n in group.counts().items() if n)
+            add_legend_entry(axes, f"{group.label}: no finished run ({counts})", colour)
         for run in group.runs:
             trace = run.history.get(metric)
-            if run.status != DIVERGED or trace is None or trace.steps.size == 0:
+            if run.status != DIVERGED or trace is None:
                 continue
             finite = np.isfinite(trace.values)
             if not finite.any():
                 continue
-            label = None if DIVERGED_LABEL in axes.get_legend_handles_labels()[1] else DIVERGED_LABEL
+            label = None if has_legend_entry(axes, DIVERGED_LABEL) else DIVERGED_LABEL
             axes.plot(trace.steps[finite], trace.values[finite], ":", color=colour, lw=1.0, alpha=0.8, label=label)
             last = np.flatnonzero(finite)[-1]
             axes.plot([trace.steps[last]], [trace.values[last]], "x", color=colour, ms=7, mew=2)
-            drawn = True
-    return drawn
+
+
+def has_legend_entry(axes: Axes, label: str) -> bool:
+    return label in axes.get_legend_handles_labels()[1]
+
+
+def add_legend_entry(axes: Axes, label: str, colour: tuple[float, ...]) -> None:
+    if not has_legend_entry(axes, label):
+        axes.plot([], [], ":", color=colour, label=label)
 
 
 def auto_log_scale(axes: Axes) -> None:

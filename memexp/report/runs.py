@@ -331,16 +331,25 @@ def missing_jobs(sweep_dir: Path, found: list[RunRecord]) -> list[RunRecord]:
             present.remove(key)  # one run dir accounts for one job
             continue
         seed = overrides.get("seed")
-        missing.append(
-            RunRecord(
-                source=f"{sweep_dir} [{' '.join(job)}]",
-                status=MISSING,
-                seed=int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
-                overrides=overrides,
-                detail="launched by the sweep (multirun.yaml) but no run dir holds it",
-            )
+        record = RunRecord(
+            source=f"{sweep_dir} [{' '.join(job)}]",
+            status=MISSING,
+            seed=int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
+            overrides=overrides,
+            detail="launched by the sweep (multirun.yaml) but no run dir holds it",
         )
+        # Its settings are those of a run of the same job with another seed, when there is one: an
+        # override typed "lr=1000" is 1000.0 in the composed config, and must land in that group.
+        sibling = next((run for run in found if same_job_but_seed(run.overrides, overrides)), None)
+        if sibling is not None:
+            record.config = {**sibling.config, "seed": record.seed}
+            record.choices = dict(sibling.choices)
+        missing.append(record)
     return missing
+
+
+def same_job_but_seed(a: dict[str, str], b: dict[str, str]) -> bool:
+    return {k: v for k, v in a.items() if k != "seed"} == {k: v for k, v in b.items() if k != "seed"}
 
 
 def parse_overrides_sorted(overrides: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -59,3 +59,27 @@ def test_single_seed_has_no_band_and_unlogged_metric_no_curve() -> None:
     curve = group_curve(group, "val/loss", Band.std, 0.95)
     assert curve is not None and curve.low.tolist() == curve.high.tolist() == [0.25]
     assert group_curve(group, "geom/sharpness", Band.std, 0.95) is None
+
+
+def test_legend_names_every_group_and_diverged_runs_once() -> None:
+    from memexp.report.plots import DIVERGED_LABEL, PlotOptions, PlotSpec, render
+
+    def two_split_run(seed: int, status: str, values: list[float]) -> RunRecord:
+        steps = np.asarray([10, 20])
+        history = {
+            split: MetricTrace(steps, np.asarray(values, dtype=np.float64)) for split in ("train/loss", "val/loss")
+        }
+        return RunRecord(source=f"r{seed}", status=status, seed=seed, history=history)
+
+    sgd = Group("optimizer=sgd", {}, [two_split_run(0, FINISHED, [1.0, 0.5]), two_split_run(1, FINISHED, [1.2, 0.6])])
+    blown_runs = [two_split_run(0, DIVERGED, [3.0, math.nan]), two_split_run(1, DIVERGED, [4.0, math.inf])]
+    blown = Group("optimizer.lr=1000", {}, blown_runs)
+    spec = PlotSpec("split", ["train/loss", "val/loss"], "loss_curves.png", "loss")
+    figure = render(spec, [blown, sgd], PlotOptions())
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert labels == [
+        "optimizer.lr=1000: no finished run (2 diverged)",
+        DIVERGED_LABEL,
+        "optimizer=sgd train (n=2)",
+        "optimizer=sgd held-out (n=2)",
+    ]

@@ -140,6 +140,16 @@ def test_sweep_with_missing_and_extra_jobs(tmp_path: Path, make_run: RunWriter) 
     assert "optimizer=adamw seed=0" in missing.source
 
 
+def test_missing_job_joins_the_group_of_its_other_seeds(tmp_path: Path, make_run: RunWriter) -> None:
+    # Typed "optimizer.lr=1000" on the command line; the composed (float-typed) config holds 1000.0.
+    write_multirun_yaml(tmp_path, ["optimizer.lr=1000", "seed=0,1"])
+    make_run(tmp_path / "0", seed=0, overrides={"optimizer.lr": "1000"}, config={"optimizer": {"lr": 1000.0}})
+    runs = find_runs([tmp_path])
+    assert [r.status for r in runs] == [FINISHED, MISSING]
+    assert runs[0].setting("optimizer.lr") == runs[1].setting("optimizer.lr") == "1000.0"
+    assert runs[1].seed == 1 and runs[1].config["seed"] == 1
+
+
 def test_nested_dirs_are_searched_and_sorted_numerically(tmp_path: Path, make_run: RunWriter) -> None:
     for num in (10, 2, 1):
         make_run(tmp_path / "a" / "multiruns" / str(num), seed=num)
