@@ -113,7 +113,15 @@ def group_runs(
             label = ",".join(f"{k}={v}" for k, v in zip(keys, values)) or "all runs"
             groups[values] = Group(label=label, settings=dict(zip(keys, values)))
         groups[values].runs.append(run)
-    return keys, [groups[values] for values in sorted(groups)]
+    return keys, [groups[values] for values in sorted(groups, key=lambda values: tuple(map(value_order, values)))]
+
+
+def value_order(value: str) -> tuple[int, float, str]:
+    """Numbers in numeric order (lr=2 before lr=10), then words alphabetically."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def duplicate_seeds(group: Group) -> dict[int, list[str]]:

@@ -203,6 +203,9 @@ def markdown(report: Report, plots: Sequence[PlotFile], command: str, inputs: Se
         lines += ["", f"No comparison of `{a}` and `{b}`: {n} common finished seed(s), 2 needed."]
     problems = report.problem_runs
     lines += ["", f"## Runs left out of the statistics ({len(problems)})", ""]
+    for group in report.groups:
+        for seed, sources in duplicate_seeds(group).items():
+            lines += [f"- `{group.label}`: seed {seed} finished {len(sources)} times; only `{sources[0]}` is used", ""]
     if problems:
         lines += md_table(
             ["status", "group", "seed", "run", "detail"],

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from memexp.errors import MemexpError
-from memexp.report.grouping import find_group, group_runs
+from memexp.report.grouping import duplicate_seeds, find_group, group_runs
 from memexp.report.runs import RunRecord, find_runs, flatten
 from tests.report.conftest import RunWriter
 
@@ -47,6 +47,21 @@ def test_runs_from_two_sweeps_compare_by_their_resolved_values(tmp_path: Path, m
         "model=mlp,optimizer.lr=0.01",
         "model=mlp,optimizer.lr=0.1",
     ]
+
+
+def test_numeric_values_sort_numerically_and_repeated_seeds_count_once(tmp_path: Path, make_run: RunWriter) -> None:
+    for i, (lr, seed, val) in enumerate([(10, 0, 1.0), (2, 0, 2.0), (2, 0, 2.5), (2, 1, 3.0)]):
+        make_run(
+            tmp_path / str(i),
+            seed=seed,
+            overrides={"optimizer.lr": str(lr)},
+            config={"optimizer": {"lr": lr}},
+            final={"val/loss": val},
+        )
+    _, groups = group_runs(find_runs([tmp_path]))
+    assert [g.label for g in groups] == ["optimizer.lr=2", "optimizer.lr=10"]
+    assert groups[0].final_values("val/loss") == [2.0, 3.0]  # the second seed-0 run is a duplicate
+    assert list(duplicate_seeds(groups[0])) == [0]
 
 
 def test_group_by_and_ignore(tmp_path: Path, make_run: RunWriter) -> None:
