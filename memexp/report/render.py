@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 TESTS_TEXT = (
     "difference = A − B per seed, over the seeds both groups finished; {pct}% t-interval of the mean "
     "difference; p-values of two two-sided tests: the paired t-test (assumes normal differences) and the "
-    "Wilcoxon signed-rank test (scipy, zero differences dropped, exact for n ≤ 50 without ties; it cannot "
-    "go below 2/2^n, e.g. 0.25 with n=3). Not corrected for multiple comparisons."
+    "Wilcoxon signed-rank test (zero differences dropped, mid-ranks for ties, exact over all 2^n sign flips "
+    "for n ≤ 16; it cannot go below 2/2^n, e.g. 0.25 with n=3). Not corrected for multiple comparisons."
 )
 
 

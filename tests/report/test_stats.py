@@ -53,24 +53,65 @@ def test_paired_t_pvalue_matches_closed_form_for_two_degrees_of_freedom() -> Non
     assert comparison.difference.std == pytest.approx(0.1, rel=1e-10)
 
 
+def midranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
 def exact_wilcoxon_p(differences: list[float]) -> float:
-    """Two-sided exact p by enumerating all 2^n sign assignments of the ranks (no ties, no zeros)."""
-    ranks = np.argsort(np.argsort(np.abs(differences))) + 1
-    positive = sum(r for r, d in zip(ranks, differences) if d > 0)
-    observed = min(positive, ranks.sum() - positive)
+    """Two-sided exact p by looping over all 2^n sign assignments of the (mid-)ranks."""
+    nonzero = [d for d in differences if d != 0]
+    ranks = midranks([abs(d) for d in nonzero])
+    total = sum(ranks)
+    observed = abs(sum(r for r, d in zip(ranks, nonzero) if d > 0) - total / 2)
     hits = 0
-    for signs in itertools.product((0, 1), repeat=len(differences)):
+    for signs in itertools.product((0, 1), repeat=len(nonzero)):
         w_plus = sum(r for r, s in zip(ranks, signs) if s)
-        hits += min(w_plus, ranks.sum() - w_plus) <= observed
-    return hits / 2 ** len(differences)
+        hits += abs(w_plus - total / 2) >= observed - 1e-12
+    return hits / 2 ** len(nonzero)
 
 
-@pytest.mark.parametrize(
-    "differences", [[0.3, -0.1, 0.5, 0.7, 0.2, 0.9], [1.0, 2.0, 3.0], [-0.4, 0.1, -0.25, -0.6, -0.05]]
-)
+NO_TIES = [[0.3, -0.1, 0.5, 0.7, 0.2, 0.9], [1.0, 2.0, 3.0], [-0.4, 0.1, -0.25, -0.6, -0.05]]
+# Accuracy differences are multiples of 1/n_examples: ties and zeros are common.
+WITH_TIES = [[0.02, 0.02, -0.01, 0.0, 0.03, 0.02, -0.02], [0.1, -0.1, 0.2, 0.2, 0.3]]
+
+
+@pytest.mark.parametrize("differences", NO_TIES + WITH_TIES)
 def test_wilcoxon_pvalue_matches_exhaustive_enumeration(differences: list[float]) -> None:
-    _, p = wilcoxon_signed_rank(np.asarray(differences))
+    statistic, p = wilcoxon_signed_rank(np.asarray(differences))
     assert p == pytest.approx(exact_wilcoxon_p(differences), rel=1e-12)
+    ranks = midranks([abs(d) for d in differences if d != 0])
+    w_plus = sum(r for r, d in zip(ranks, [d for d in differences if d != 0]) if d > 0)
+    assert statistic == min(w_plus, sum(ranks) - w_plus)
+
+
+@pytest.mark.parametrize("differences", NO_TIES)
+def test_wilcoxon_without_ties_agrees_with_scipys_exact_test(differences: list[float]) -> None:
+    from scipy.stats import wilcoxon
+
+    assert wilcoxon_signed_rank(np.asarray(differences))[1] == pytest.approx(
+        wilcoxon(differences, method="exact").pvalue, rel=1e-12
+    )
+
+
+def test_wilcoxon_beyond_the_exact_range_uses_the_normal_approximation() -> None:
+    # n = 20 differences, the five smallest positive: W+ = 1 + 2 + ... + 5 = 15; z by the closed form.
+    differences = np.asarray([float(i) if i <= 5 else -float(i) for i in range(1, 21)])
+    n, w_plus = 20, 15.0
+    mean, sd = n * (n + 1) / 4, math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+    z = (w_plus - mean) / sd
+    p_normal = math.erfc(abs(z) / math.sqrt(2))
+    assert wilcoxon_signed_rank(differences)[1] == pytest.approx(p_normal, rel=1e-9)
 
 
 def test_degenerate_differences_give_nan_not_a_crash() -> None:
