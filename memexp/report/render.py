@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from memexp.report.aggregate import Report
@@ -92,28 +93,30 @@ def grouping_line(report: Report) -> str:
 
 
 def print_report(report: Report, console: Console | None = None) -> None:
+    # Labels, paths and error texts are escaped: "[optimizer=lion seed=1]" is not rich markup.
     console = console or Console()
     pct = round(report.confidence * 100)
     table = Table(
         title=f"final metrics: mean ± std over seeds, [{pct}% t-interval]",
-        caption=f"runs: {status_line(report)}; {grouping_line(report)}",
+        caption=escape(f"runs: {status_line(report)}; {grouping_line(report)}"),
     )
     table.add_column("metric", style="bold")
     for group in report.groups:
-        table.add_column(f"{group.label}\n{counts_text(group)}", justify="right")
+        table.add_column(escape(f"{group.label}\n{counts_text(group)}"), justify="right")
     for metric in report.metrics:
-        table.add_row(metric, *(cell(report.estimates[(g.label, metric)], group_n(g), True) for g in report.groups))
+        cells = (cell(report.estimates[(g.label, metric)], group_n(g), True) for g in report.groups)
+        table.add_row(escape(metric), *cells)
     console.print(table)
 
     for (group_a, group_b), comparisons in comparisons_by_pair(report).items():
         seeds = ", ".join(map(str, comparisons[0].seeds))
-        compare = Table(title=f"{group_a} − {group_b}: paired over seeds {seeds}")
+        compare = Table(title=escape(f"{group_a} − {group_b}: paired over seeds {seeds}"))
         for name in ("metric", "n", f"mean diff [{pct}% interval]", "paired t p", "Wilcoxon p"):
             compare.add_column(name, justify="left" if name == "metric" else "right")
         for c in comparisons:
             significant = math.isfinite(c.t_pvalue) and c.t_pvalue < 1 - report.confidence
             compare.add_row(
-                c.metric,
+                escape(c.metric),
                 str(c.n),
                 difference_text(c),
                 f"[bold]{p_value(c.t_pvalue)}[/bold]" if significant else p_value(c.t_pvalue),
@@ -121,9 +124,9 @@ def print_report(report: Report, console: Console | None = None) -> None:
             )
         console.print(compare)
     if report.comparisons:
-        console.print(TESTS_TEXT.format(pct=pct), style="dim", highlight=False)
+        console.print(escape(TESTS_TEXT.format(pct=pct)), style="dim", highlight=False)
     for a, b, n in report.skipped_pairs:
-        console.print(f"no paired comparison of {a} and {b}: they share {n} finished seed(s), 2 needed")
+        console.print(escape(f"no paired comparison of {a} and {b}: they share {n} finished seed(s), 2 needed"))
 
     problems = report.problem_runs
     if problems:
@@ -131,11 +134,12 @@ def print_report(report: Report, console: Console | None = None) -> None:
         for name in ("status", "group", "seed", "run", "detail"):
             runs.add_column(name, overflow="fold")
         for group, run in problems:
-            runs.add_row(run.status, group.label, str(run.seed), run.source, run.detail)
+            runs.add_row(run.status, escape(group.label), str(run.seed), escape(run.source), escape(run.detail))
         console.print(runs)
     for group in report.groups:
         for seed, sources in duplicate_seeds(group).items():
-            console.print(f"[yellow]{group.label}: seed {seed} finished {len(sources)} times; using {sources[0]}")
+            message = f"{group.label}: seed {seed} finished {len(sources)} times; using {sources[0]}"
+            console.print(escape(message), style="yellow")
 
 
 # ----------------------------------------------------------------------------------------------

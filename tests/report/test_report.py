@@ -155,7 +155,10 @@ def test_every_plot_is_written_and_not_blank(tmp_path: Path, make_run: RunWriter
                 assert line.sum() > 200 and band.sum() > 2000, (name, colour, line.sum(), band.sum())
 
 
-def test_missing_and_incomplete_runs_are_reported_not_crashed_on(tmp_path: Path, make_run: RunWriter) -> None:
+def test_missing_and_incomplete_runs_are_reported_not_crashed_on(
+    tmp_path: Path, make_run: RunWriter, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # rich folds long cells at the terminal width
     sweep = tmp_path / "sweep"
     write_multirun_yaml(sweep, ["optimizer=sgd,lion", "seed=0,1"])
     make_run(
@@ -180,6 +183,9 @@ def test_missing_and_incomplete_runs_are_reported_not_crashed_on(tmp_path: Path,
     assert "| missing | optimizer=lion | 1 |" in text
     assert "still running, or killed without a final summary" in text
     assert "No comparison of `optimizer=lion` and `optimizer=sgd`: 0 common finished seed(s)" in text
+    # the terminal shows the missing job's overrides too (square brackets are not taken for markup)
+    assert memexp_main(["report", str(sweep), "--no-plots"]) == 0
+    assert f"{sweep} [optimizer=lion seed=1]" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize(
