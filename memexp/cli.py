@@ -16,6 +16,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("memexp.train", "main", "train one run, or a sweep with -m (Hydra overrides: optimizer=lion seed=1)"),
     "plan": ("memexp.plan", "main", "print the jobs `train -m <same overrides>` would run (and the sbatch script)"),
+    "report": ("memexp.report.cli", "main", "compare runs: seed statistics, paired tests, plots (memexp report PATH)"),
 }
 
 USAGE = """usage: memexp <command> [args...]
