@@ -202,8 +202,12 @@ class MetricsConfig:
                 require(name in METRIC_NAMES, key, name, f"names from {', '.join(METRIC_NAMES)}")
         require(self.probe_size > 0, "probe_size", self.probe_size, "an integer > 0")
         require(self.probe_chunk >= 0, "probe_chunk", self.probe_chunk, "an integer >= 0 (0: the whole probe set)")
-        require(self.hutchinson_probes >= 2, "hutchinson_probes", self.hutchinson_probes,
-                "an integer >= 2 (>= 100 for R_med, per the spec)")
+        require(
+            self.hutchinson_probes >= 2,
+            "hutchinson_probes",
+            self.hutchinson_probes,
+            "an integer >= 2 (>= 100 for R_med, per the spec)",
+        )
         require(self.max_columns > 0, "max_columns", self.max_columns, "an integer > 0")
         require(self.sharpness_iters > 0, "sharpness_iters", self.sharpness_iters, "an integer > 0")
         require(self.sharpness_tol > 0, "sharpness_tol", self.sharpness_tol, "a number > 0")

@@ -38,7 +38,7 @@ def compose_jobs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str]
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=create_config_search_path(config_dir()))
     cfg = hydra.compose_config("train", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
-    task_overrides = list(cfg.hydra.overrides.task)
+    task_overrides = sweep.sweep_overrides(cfg)
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
     jobs = [(list(job), hydra.config_loader.load_sweep_config(cfg, list(job))) for batch in batches for job in batch]
     return cfg, jobs

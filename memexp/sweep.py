@@ -166,6 +166,13 @@ except ImportError:  # pragma: no cover - hydra < 1.1
     Callback = object  # type: ignore[assignment,misc]
 
 
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The overrides Hydra's basic sweeper expands: ``hydra.sweeper.params`` (e.g. from an
+    experiment preset) first, then the command line's, as BasicSweeper does."""
+    params = config.hydra.sweeper.get("params") or {}
+    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+
+
 def count_basic_sweep_jobs(overrides: list[str]) -> int | None:
     """How many jobs Hydra's basic sweeper makes of these overrides (None if it cannot tell)."""
     try:
@@ -183,5 +190,5 @@ class SweepCallback(Callback):
         global CURRENT_SWEEP
         expected = None
         if config.hydra.sweeper.get("_target_", "").endswith("BasicSweeper"):
-            expected = count_basic_sweep_jobs(list(config.hydra.overrides.task))
+            expected = count_basic_sweep_jobs(sweep_overrides(config))
         CURRENT_SWEEP = (Path(str(config.hydra.sweep.dir)), expected)

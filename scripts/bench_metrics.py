@@ -70,8 +70,10 @@ def hvp_benchmark(overrides: list[str], reps: int = 5) -> dict[str, float]:
             with torch.enable_grad():
                 loss = run.task.loss(run.model(batch[0]), batch[1])
                 grads = flatten(torch.autograd.grad(loss, probe.params, create_graph=True))
-                products = [torch.autograd.grad(grads @ columns[:, k], probe.params, retain_graph=True)
-                            for k in range(columns.shape[1])]
+                products = [
+                    torch.autograd.grad(grads @ columns[:, k], probe.params, retain_graph=True)
+                    for k in range(columns.shape[1])
+                ]
                 return torch.stack([flatten(product) for product in products], 1)
 
         candidates = {
@@ -82,7 +84,8 @@ def hvp_benchmark(overrides: list[str], reps: int = 5) -> dict[str, float]:
         reference = candidates["double_backward"](vectors[:, :1])
         for name, matmat in candidates.items():
             results[f"{name}_rel_err_vs_double_backward"] = float(
-                (matmat(vectors[:, :1]) - reference).norm() / reference.norm())
+                (matmat(vectors[:, :1]) - reference).norm() / reference.norm()
+            )
             for columns in (1, block):
                 matmat(vectors[:, :columns])  # warm-up
                 started = time.perf_counter()
@@ -107,8 +110,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_metrics_") as tmp:
         for rep in range(args.reps):
             for name in SETTINGS:
-                elapsed, cpu_s, seconds, steps = timed_run([f"metrics={name}", *args.overrides],
-                                                           Path(tmp) / f"{name}{rep}")
+                elapsed, cpu_s, seconds, steps = timed_run(
+                    [f"metrics={name}", *args.overrides], Path(tmp) / f"{name}{rep}"
+                )
                 wall[name].append(elapsed)
                 cpu[name].append(cpu_s)
                 passes[name].extend(seconds)

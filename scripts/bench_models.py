@@ -67,14 +67,19 @@ def build_bench_data(cfg: BenchDataConfig, device: torch.device) -> Any:
         labels = torch.randint(0, 10, (cfg.examples,), generator=generator).to(device)
         half = cfg.examples // 2
         spec = DataSpec("cifar10_shaped", "classification", (3, 32, 32), 10)
-        return InMemoryClassification(spec, (images, labels), (images[:half], labels[:half]),
-                                      augment=RandomCropFlip(4, True, (-mean / std).to(device)))
+        return InMemoryClassification(
+            spec,
+            (images, labels),
+            (images[:half], labels[:half]),
+            augment=RandomCropFlip(4, True, (-mean / std).to(device)),
+        )
     if cfg.vocab == 256:
         stdlib = StdlibTextConfig(root=cfg.data_root, block_size=cfg.block_size, eval_blocks=4)
         return DATASETS.build("stdlib_text", stdlib, device)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab, 4_000_000).astype(np.uint16)
-    return TokenBlocks("random_tokens", tokens[:3_600_000], tokens[3_600_000:], cfg.vocab, cfg.block_size, device,
-                       eval_blocks=4)
+    return TokenBlocks(
+        "random_tokens", tokens[:3_600_000], tokens[3_600_000:], cfg.vocab, cfg.block_size, device, eval_blocks=4
+    )
 
 
 def model_config(preset: str) -> Any:
@@ -112,12 +117,29 @@ class StepClock:
 def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, data_root: str) -> dict[str, Any]:
     kind = "text" if preset.startswith("gpt") else "image"
     batch_size = args.batch_size or (8 if kind == "text" else 64)
-    trainer = TrainerConfig(max_steps=args.warmup + args.steps, batch_size=batch_size, eval_every=0, eval_examples=8,
-                            eval_batch_size=8, log_every=args.warmup, checkpoint_every=0, device=str(device),
-                            precision=Precision(args.precision), compile=args.compile, progress=Progress.off)
+    trainer = TrainerConfig(
+        max_steps=args.warmup + args.steps,
+        batch_size=batch_size,
+        eval_every=0,
+        eval_examples=8,
+        eval_batch_size=8,
+        log_every=args.warmup,
+        checkpoint_every=0,
+        device=str(device),
+        precision=Precision(args.precision),
+        compile=args.compile,
+        progress=Progress.off,
+    )
     data_cfg = BenchDataConfig(kind=kind, block_size=args.block_size, vocab=args.vocab, data_root=data_root)
-    run_cfg = memexp_train.RunConfig(seed=0, optimizer=AdamWConfig(lr=1e-4), model=model_config(preset),
-                                     data=data_cfg, trainer=trainer, logger=LoggerConfig(), metrics=MetricsConfig())
+    run_cfg = memexp_train.RunConfig(
+        seed=0,
+        optimizer=AdamWConfig(lr=1e-4),
+        model=model_config(preset),
+        data=data_cfg,
+        trainer=trainer,
+        logger=LoggerConfig(),
+        metrics=MetricsConfig(),
+    )
     run = memexp_train.build_run(run_cfg)
     params = sum(p.numel() for p in run.model.parameters())
     per_batch = batch_size * (args.block_size if kind == "text" else 1)
@@ -179,8 +201,11 @@ def bench_preset(preset: str, args: argparse.Namespace, device: torch.device, da
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", default="vit_tiny,resnet20,resnet18,gpt_nano,gpt_mini",
-                        help=f"comma-separated, from {IMAGE_PRESETS + TEXT_PRESETS}")
+    parser.add_argument(
+        "--presets",
+        default="vit_tiny,resnet20,resnet18,gpt_nano,gpt_mini",
+        help=f"comma-separated, from {IMAGE_PRESETS + TEXT_PRESETS}",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--compile", action="store_true")
@@ -205,14 +230,19 @@ def main() -> None:
         data_root = args.data_root or scratch
         results = [bench_preset(p.strip(), args, device, data_root) for p in args.presets.split(",") if p.strip()]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(json.dumps({
-        "device": name,
-        "torch": torch.__version__,
-        "precision": args.precision,
-        "compile": args.compile,
-        "steps": args.steps,
-        "results": results,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "precision": args.precision,
+                "compile": args.compile,
+                "steps": args.steps,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
     assert all(math.isfinite(r["memexp_steps_per_s"]) for r in results)
 
 

@@ -81,22 +81,22 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path: 
 
     def launch() -> None:
         outcome["result"] = run_memexp(
-            "train", "-m", *SLURM, *common, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env, timeout=400
+            "train", "-m", *SLURM, *common, f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env, timeout=600
         )
 
     launcher = threading.Thread(target=launch)
     launcher.start()
     metrics = sweep / "0" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 400
     while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 4):
         time.sleep(0.5)
     assert metrics.is_file(), "the Slurm job never started training"
-    job_id = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "train"], capture_output=True, text=True).stdout.split()[
-        0
-    ]
+    # This sweep's own job (other sweeps may share the cluster): submitit names its folder by job id.
+    [job_dir] = [p for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name]
+    job_id = job_dir.name
     # The preemption warning, as Slurm sends it to the job step (submitit's --signal=USR2@...).
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    launcher.join(timeout=420)
+    launcher.join(timeout=600)
     assert not launcher.is_alive(), "the sweep did not end (a lost job would block submitit forever)"
     result = outcome["result"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

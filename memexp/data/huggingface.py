@@ -39,9 +39,13 @@ class HFSourceConfig:
 
 def check_source(cfg: HFSourceConfig) -> None:
     """Called by the builders (not by ``check()``: the option must compose on its own, path unset)."""
-    require(bool(cfg.path), "data.path", cfg.path,
-            "a dataset for datasets.load_dataset: a folder, a builder such as parquet/json/text with "
-            "data.data_files=..., or a Hub name")
+    require(
+        bool(cfg.path),
+        "data.path",
+        cfg.path,
+        "a dataset for datasets.load_dataset: a folder, a builder such as parquet/json/text with "
+        "data.data_files=..., or a Hub name",
+    )
 
 
 def load_split(cfg: HFSourceConfig, split: str) -> Any:
@@ -53,8 +57,13 @@ def load_split(cfg: HFSourceConfig, split: str) -> Any:
 
         data_files = OmegaConf.to_container(data_files)
     try:
-        return datasets.load_dataset(cfg.path, cfg.config_name, data_files=data_files, split=split,
-                                     cache_dir=str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None)
+        return datasets.load_dataset(
+            cfg.path,
+            cfg.config_name,
+            data_files=data_files,
+            split=split,
+            cache_dir=str(Path(cfg.cache_dir).expanduser()) if cfg.cache_dir else None,
+        )
     except (FileNotFoundError, ConnectionError, OSError) as error:
         raise DataNotFoundError(
             f"Hugging Face dataset {cfg.path!r} (data_files={data_files!r}, split={split!r}) could not be loaded: "
@@ -63,8 +72,9 @@ def load_split(cfg: HFSourceConfig, split: str) -> Any:
             "network, after which datasets serves it from its cache"
         ) from None
     except ValueError as error:  # an unknown split, a bad config name
-        raise ConfigValueError("data.train_split" if split == cfg.train_split else "data.val_split", split,
-                               str(error).splitlines()[0]) from None
+        raise ConfigValueError(
+            "data.train_split" if split == cfg.train_split else "data.val_split", split, str(error).splitlines()[0]
+        ) from None
 
 
 def source_fingerprint(dataset: Any) -> str:
@@ -102,8 +112,12 @@ def images_of(dataset: Any, cfg: HFImagesConfig) -> tuple[np.ndarray, np.ndarray
     require_column(dataset, cfg.label_column, "data.label_column")
     arrays = [np.asarray(image) for image in dataset[cfg.image_column]]
     shapes = {array.shape for array in arrays}
-    require(len(shapes) == 1, "data.image_column", cfg.image_column,
-            f"images of one size (found {sorted(shapes)[:3]}...): resize them first")
+    require(
+        len(shapes) == 1,
+        "data.image_column",
+        cfg.image_column,
+        f"images of one size (found {sorted(shapes)[:3]}...): resize them first",
+    )
     images = np.stack(arrays)
     if images.ndim == 3:
         images = images[..., None]
@@ -134,8 +148,12 @@ def build_hf_images(cfg: HFImagesConfig, device: torch.device) -> InMemoryClassi
         x_val = (x_val - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
         fill = -mean / std
     augment = RandomCropFlip(cfg.crop_padding, cfg.hflip, fill.to(device)) if cfg.augment else None
-    spec = DataSpec(name=Path(cfg.path).name or cfg.path, task="classification",
-                    input_shape=tuple(x_train.shape[1:]), num_classes=num_classes)
+    spec = DataSpec(
+        name=Path(cfg.path).name or cfg.path,
+        task="classification",
+        input_shape=tuple(x_train.shape[1:]),
+        num_classes=num_classes,
+    )
     return InMemoryClassification(
         spec,
         train=(x_train.to(device), torch.from_numpy(train_labels).to(device)),
@@ -156,17 +174,19 @@ class HFTextConfig(TextDataConfig, HFSourceConfig):
     root: str = "${paths.data_root}"  # the token cache goes to <root>/hf_text/
 
 
-
 def hf_token_stream(cfg: HFTextConfig, split: str) -> Any:
     dataset = load_split(cfg, split)
     require_column(dataset, cfg.text_column, "data.text_column")
-    fingerprint = {"source": f"{cfg.path}:{cfg.config_name}:{split}:{cfg.text_column}",
-                   "fingerprint": source_fingerprint(dataset)}
+    fingerprint = {
+        "source": f"{cfg.path}:{cfg.config_name}:{split}:{cfg.text_column}",
+        "fingerprint": source_fingerprint(dataset),
+    }
     key = hashlib.sha256(f"{fingerprint}".encode()).hexdigest()[:16]
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(cfg.path).name or cfg.path)
     stem = Path(cfg.root).expanduser() / "hf_text" / f"{safe_name}-{split}-{key}.{cfg.tokenizer}"
-    return load_token_stream([stem], fingerprint, cfg.tokenizer,
-                             lambda: [(text or "").encode("utf-8") for text in dataset[cfg.text_column]])
+    return load_token_stream(
+        [stem], fingerprint, cfg.tokenizer, lambda: [(text or "").encode("utf-8") for text in dataset[cfg.text_column]]
+    )
 
 
 @DATASETS.register("hf_text", config=HFTextConfig)
@@ -180,8 +200,12 @@ def build_hf_text(cfg: HFTextConfig, device: torch.device) -> TokenBlocks:
     train_tokens = train.tokens[: cfg.max_tokens] if cfg.max_tokens else train.tokens
     if cfg.tokenizer == "char" and train.metadata.get("chars") != val.metadata.get("chars"):
         # Each split fitted its own character vocabulary: ids would not mean the same characters.
-        raise ConfigValueError("data.tokenizer", "char", "byte or gpt2 when data.val_split is set (a character "
-                               "vocabulary is fitted per split)")
+        raise ConfigValueError(
+            "data.tokenizer",
+            "char",
+            "byte or gpt2 when data.val_split is set (a character vocabulary is fitted per split)",
+        )
     vocab = max(int(train.metadata["vocab_size"]), int(val.metadata["vocab_size"]))
-    return TokenBlocks(name, train_tokens, val.tokens, vocab, cfg.block_size, device, cfg.eval_blocks,
-                       cfg.device_tokens_limit)
+    return TokenBlocks(
+        name, train_tokens, val.tokens, vocab, cfg.block_size, device, cfg.eval_blocks, cfg.device_tokens_limit
+    )

@@ -41,8 +41,12 @@ class ImageDataConfig(DataConfig):
     def check(self) -> None:
         require(self.crop_padding >= 0, "crop_padding", self.crop_padding, "an integer >= 0 (0: no random crop)")
         require(self.train_examples >= 0, "train_examples", self.train_examples, "an integer >= 0 (0: all)")
-        require(0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
-                "a number in [0, 1) (0: the official test split)")
+        require(
+            0.0 <= self.val_fraction < 1.0,
+            "val_fraction",
+            self.val_fraction,
+            "a number in [0, 1) (0: the official test split)",
+        )
 
 
 @dataclass
@@ -79,19 +83,35 @@ class TorchvisionSource:
 MNIST_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 SOURCES: dict[str, TorchvisionSource] = {
     "cifar10": TorchvisionSource(
-        "CIFAR-10", "CIFAR10", "cifar-10-batches-py",
-        "mkdir -p {root} && curl -L https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz | tar xz -C {root}", 10),
+        "CIFAR-10",
+        "CIFAR10",
+        "cifar-10-batches-py",
+        "mkdir -p {root} && curl -L https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz | tar xz -C {root}",
+        10,
+    ),
     "cifar100": TorchvisionSource(
-        "CIFAR-100", "CIFAR100", "cifar-100-python",
-        "mkdir -p {root} && curl -L https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz | tar xz -C {root}", 100),
+        "CIFAR-100",
+        "CIFAR100",
+        "cifar-100-python",
+        "mkdir -p {root} && curl -L https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz | tar xz -C {root}",
+        100,
+    ),
     "mnist": TorchvisionSource(
-        "MNIST", "MNIST", "MNIST/raw",
+        "MNIST",
+        "MNIST",
+        "MNIST/raw",
         "download the four .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/ and gunzip them into "
-        f"{{folder}} ({MNIST_FILES})", 10),
+        f"{{folder}} ({MNIST_FILES})",
+        10,
+    ),
     "fashion_mnist": TorchvisionSource(
-        "Fashion-MNIST", "FashionMNIST", "FashionMNIST/raw",
+        "Fashion-MNIST",
+        "FashionMNIST",
+        "FashionMNIST/raw",
         "download the four .gz files from http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/ and gunzip "
-        f"them into {{folder}} ({MNIST_FILES})", 10),
+        f"them into {{folder}} ({MNIST_FILES})",
+        10,
+    ),
 }
 
 
@@ -137,8 +157,12 @@ def build_image_dataset(cfg: ImageDataConfig, device: torch.device) -> InMemoryC
     root = resolve_root(cfg.root)
     train_images, train_labels = load_torchvision_split(cfg.name, root, train=True, download=cfg.download)
     if cfg.train_examples:
-        require(cfg.train_examples <= len(train_labels), "data.train_examples", cfg.train_examples,
-                f"an integer <= {len(train_labels)} (the training split's size), or 0 for all")
+        require(
+            cfg.train_examples <= len(train_labels),
+            "data.train_examples",
+            cfg.train_examples,
+            f"an integer <= {len(train_labels)} (the training split's size), or 0 for all",
+        )
         train_images, train_labels = train_images[: cfg.train_examples], train_labels[: cfg.train_examples]
     if cfg.val_fraction > 0:
         train_index, val_index = split_indices(len(train_labels), cfg.val_fraction, cfg.split_seed)
@@ -158,8 +182,9 @@ def build_image_dataset(cfg: ImageDataConfig, device: torch.device) -> InMemoryC
     augment = None
     if cfg.augment and (cfg.crop_padding > 0 or cfg.hflip):
         augment = RandomCropFlip(cfg.crop_padding, cfg.hflip, fill.to(device))
-    spec = DataSpec(name=cfg.name, task="classification", input_shape=(channels, height, width),
-                    num_classes=source.num_classes)
+    spec = DataSpec(
+        name=cfg.name, task="classification", input_shape=(channels, height, width), num_classes=source.num_classes
+    )
     return InMemoryClassification(
         spec,
         train=(x_train.to(device), torch.from_numpy(train_labels).to(device)),

@@ -115,7 +115,9 @@ def _read_cache(stem: Path, fingerprint: dict[str, Any]) -> TokenStream | None:
 
 
 def load_token_stream(
-    cache_stems: Sequence[Path], fingerprint: dict[str, Any], tokenizer_name: str,
+    cache_stems: Sequence[Path],
+    fingerprint: dict[str, Any],
+    tokenizer_name: str,
     read_documents: Callable[[], Sequence[bytes]],
 ) -> TokenStream:
     """Memory-map the cached tokens of a corpus, tokenizing it first when no valid cache exists.
@@ -141,8 +143,10 @@ def load_token_stream(
             tokens_path = stem.with_name(stem.name + ".u16")
             _write_atomic(tokens_path, lambda handle: handle.write(tokens.tobytes()))
             # The JSON goes last: its presence (with the matching size) marks a complete cache.
-            _write_atomic(stem.with_name(stem.name + ".json"),
-                          lambda handle: handle.write(json.dumps(metadata, indent=1).encode()))
+            _write_atomic(
+                stem.with_name(stem.name + ".json"),
+                lambda handle: handle.write(json.dumps(metadata, indent=1).encode()),
+            )
         except OSError as error:
             errors.append(f"{stem.parent}: {error.strerror or error}")
             continue
@@ -213,12 +217,24 @@ def evenly_spread_blocks(length: int, block_size: int, count: int) -> Tensor:
 class TokenBlocks(DataBundle):
     """A language-modelling dataset: training and held-out token streams cut into blocks."""
 
-    def __init__(self, name: str, train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int,
-                 block_size: int, device: torch.device, eval_blocks: int = 128,
-                 device_tokens_limit: int = 500_000_000) -> None:
+    def __init__(
+        self,
+        name: str,
+        train_tokens: np.ndarray,
+        val_tokens: np.ndarray,
+        vocab_size: int,
+        block_size: int,
+        device: torch.device,
+        eval_blocks: int = 128,
+        device_tokens_limit: int = 500_000_000,
+    ) -> None:
         for part, tokens in (("training", train_tokens), ("held-out", val_tokens)):
-            require(len(tokens) > block_size, "data.block_size", block_size,
-                    f"an integer < {len(tokens)} (the {part} part's length in tokens)")
+            require(
+                len(tokens) > block_size,
+                "data.block_size",
+                block_size,
+                f"an integer < {len(tokens)} (the {part} part's length in tokens)",
+            )
         self.spec = DataSpec(name=name, task="lm", input_shape=(block_size,), num_classes=vocab_size)
         on_device = len(train_tokens) + len(val_tokens) <= device_tokens_limit
         self.train = TokenSource(train_tokens, device, on_device)
@@ -240,14 +256,20 @@ class TokenBlocks(DataBundle):
         }
 
 
-def token_blocks_from_stream(name: str, stream: TokenStream, cfg: TextDataConfig,
-                             device: torch.device) -> TokenBlocks:
+def token_blocks_from_stream(name: str, stream: TokenStream, cfg: TextDataConfig, device: torch.device) -> TokenBlocks:
     """Split one stream into its training head and held-out tail."""
     tokens = stream.tokens[: cfg.max_tokens] if cfg.max_tokens else stream.tokens
     n_val = int(round(len(tokens) * cfg.val_fraction))
-    return TokenBlocks(name, tokens[: len(tokens) - n_val], tokens[len(tokens) - n_val :],
-                       int(stream.metadata["vocab_size"]), cfg.block_size, device, cfg.eval_blocks,
-                       cfg.device_tokens_limit)
+    return TokenBlocks(
+        name,
+        tokens[: len(tokens) - n_val],
+        tokens[len(tokens) - n_val :],
+        int(stream.metadata["vocab_size"]),
+        cfg.block_size,
+        device,
+        cfg.eval_blocks,
+        cfg.device_tokens_limit,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,8 +303,10 @@ def stdlib_source_files(include_tests: bool = True) -> tuple[Path, list[Path]]:
 def build_stdlib_text(cfg: StdlibTextConfig, device: torch.device) -> TokenBlocks:
     base, files = stdlib_source_files(cfg.include_tests)
     if not files:
-        raise DataNotFoundError(f"no .py files under {base} (this Python ships its standard library without "
-                                "source): use data=text_file data.path=<a text file>")
+        raise DataNotFoundError(
+            f"no .py files under {base} (this Python ships its standard library without "
+            "source): use data=text_file data.path=<a text file>"
+        )
     version = ".".join(map(str, sys.version_info[:3]))
     source = f"python-{version}-stdlib" + ("" if cfg.include_tests else "-notests")
     fingerprint = {"source": str(base), "files": len(files), "fingerprint": files_fingerprint(files, base)}
@@ -307,8 +331,12 @@ class TextFileConfig(TextDataConfig):
     def check(self) -> None:
         # An empty path passes here (the option must compose on its own) and is reported by the builder.
         super().check()
-        require(not self.download or bool(self.download_url), "download", self.download,
-                "false unless data.download_url is set")
+        require(
+            not self.download or bool(self.download_url),
+            "download",
+            self.download,
+            "false unless data.download_url is set",
+        )
 
 
 def download_file(url: str, path: Path) -> None:
@@ -330,14 +358,19 @@ def build_text_file(cfg: TextFileConfig, device: torch.device) -> TokenBlocks:
     if not path.is_file() and cfg.download and cfg.download_url:
         download_file(cfg.download_url, path)
     if not path.is_file():
-        how = (f"curl -L {cfg.download_url} -o {path} --create-dirs (or add data.download=true)"
-               if cfg.download_url else "give the path of an existing UTF-8 text file as data.path=...")
+        how = (
+            f"curl -L {cfg.download_url} -o {path} --create-dirs (or add data.download=true)"
+            if cfg.download_url
+            else "give the path of an existing UTF-8 text file as data.path=..."
+        )
         raise DataNotFoundError(f"text file not found: {path}. To get it: {how}")
     if path.is_dir():
         raise ConfigValueError("data.path", cfg.path, "a file, not a directory")
     fingerprint = {"source": str(path.resolve()), "fingerprint": files_fingerprint([path])}
     path_key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    stems = [path.with_name(f"{path.name}.{cfg.tokenizer}"),
-             Path(cfg.root).expanduser() / "text_file" / f"{path_key}-{path.name}.{cfg.tokenizer}"]
+    stems = [
+        path.with_name(f"{path.name}.{cfg.tokenizer}"),
+        Path(cfg.root).expanduser() / "text_file" / f"{path_key}-{path.name}.{cfg.tokenizer}",
+    ]
     stream = load_token_stream(stems, fingerprint, cfg.tokenizer, lambda: [path.read_bytes()])
     return token_blocks_from_stream(path.stem, stream, cfg, device)

@@ -70,8 +70,11 @@ class CharTokenizer(Tokenizer):
         if not self.chars:  # fit the vocabulary to this corpus
             vocabulary = np.unique(codepoints)
             if len(vocabulary) > 65536:
-                raise ConfigValueError("data.tokenizer", "char", f"at most 65,536 distinct characters (the corpus "
-                                       f"has {len(vocabulary)}): use tokenizer=byte")
+                raise ConfigValueError(
+                    "data.tokenizer",
+                    "char",
+                    f"at most 65,536 distinct characters (the corpus has {len(vocabulary)}): use tokenizer=byte",
+                )
             self._set_vocabulary(vocabulary.astype("<u4").tobytes().decode("utf-32-le", errors="surrogatepass"))
         ids = np.searchsorted(self._codepoints, codepoints)
         ids = np.minimum(ids, len(self._codepoints) - 1)
@@ -117,8 +120,9 @@ class TiktokenTokenizer(Tokenizer):
     def encode_documents(self, documents: Sequence[bytes]) -> np.ndarray:
         texts = [document.decode("utf-8", errors="replace") for document in documents]
         end_of_text = self.encoding.eot_token
-        pieces = [np.asarray(ids + [end_of_text], dtype=np.uint16)
-                  for ids in self.encoding.encode_ordinary_batch(texts)]
+        pieces = [
+            np.asarray(ids + [end_of_text], dtype=np.uint16) for ids in self.encoding.encode_ordinary_batch(texts)
+        ]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:

@@ -155,8 +155,15 @@ def hutchinson(
     return HutchinsonResult(float(forms.mean()), std_error, diagonal / probes, probes)
 
 
-def exact_diagonal_slice(matmat: MatMat, dim: int, start: int, stop: int, device: torch.device,
-                         dtype: torch.dtype = torch.float32, block: int = 64) -> Tensor:
+def exact_diagonal_slice(
+    matmat: MatMat,
+    dim: int,
+    start: int,
+    stop: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    block: int = 64,
+) -> Tensor:
     """``A_ii`` for ``start <= i < stop``, exactly, from products with the unit vectors e_i."""
     diagonal = []
     for first in range(start, stop, block):

@@ -121,8 +121,9 @@ class ProbeLoss:
                 else:
                     if shifted is None:
                         deltas = unflatten(displacement, self.params)
-                        shifted = {n: (p.detach() + d).requires_grad_() for n, p, d in
-                                   zip(self.names, self.params, deltas)}
+                        shifted = {
+                            n: (p.detach() + d).requires_grad_() for n, p, d in zip(self.names, self.params, deltas)
+                        }
                     loss = self.loss_fn(functional_call(self.model, shifted, (x,)), y)
                     grads = torch.autograd.grad(loss, list(shifted.values()))
             total_loss += weight * loss.detach()
@@ -214,8 +215,9 @@ class NonDeterministicModelError(RuntimeError):
     """The probe loss is not a deterministic function of the parameters."""
 
 
-def determinism_probe(probe: ProbeLoss, operator: HessianOperator | None = None, rtol: float = 5e-5,
-                      atol: float = 1e-6) -> None:
+def determinism_probe(
+    probe: ProbeLoss, operator: HessianOperator | None = None, rtol: float = 5e-5, atol: float = 1e-6
+) -> None:
     """Evaluate the loss, gradient (and one HVP) twice and require equal results, like curvlinops'
     check: dropout or train-mode BatchNorm would make every curvature estimate meaningless."""
     first, second = probe.loss_and_gradient(), probe.loss_and_gradient()

@@ -102,8 +102,9 @@ class GroupCorrection:
     norm: str
 
 
-def group_correction(family: str, optimizer: torch.optim.Optimizer, group: dict[str, Any],
-                     n: int | None) -> GroupCorrection | None:
+def group_correction(
+    family: str, optimizer: torch.optim.Optimizer, group: dict[str, Any], n: int | None
+) -> GroupCorrection | None:
     # A memoryless twin adds the correction explicitly, scaled by its ``correction_scale`` (none when
     # ``correction`` is off): log the penalty it actually applies.
     lr = float(group["lr"]) * float(group.get("correction_scale", 1.0)) * float(group.get("correction", True))

@@ -39,8 +39,9 @@ class MetricsSchedule:
     ``every`` steps, so the early transient is resolved and late training is never sparser than the
     linear schedule. The last step is always included. ``every = 0``: never."""
 
-    def __init__(self, every: int, max_steps: int, schedule: TrackSchedule = TrackSchedule.linear,
-                 per_decade: int = 10) -> None:
+    def __init__(
+        self, every: int, max_steps: int, schedule: TrackSchedule = TrackSchedule.linear, per_decade: int = 10
+    ) -> None:
         self.every, self.max_steps = every, max_steps
         self.log_steps: set[int] = set()
         if schedule is TrackSchedule.log and every > 0:
@@ -143,8 +144,14 @@ class Correction:
     eps: Tensor
 
     @staticmethod
-    def build(optimizer: torch.optim.Optimizer, family: str, groups: list[dict], params: list[nn.Parameter],
-              gradient: Tensor, n: int | None) -> Correction | None:
+    def build(
+        optimizer: torch.optim.Optimizer,
+        family: str,
+        groups: list[dict],
+        params: list[nn.Parameter],
+        gradient: Tensor,
+        n: int | None,
+    ) -> Correction | None:
         per_param = [group_correction(family, optimizer, g, n) for g in groups]
         if any(c is None for c in per_param) or not per_param:
             return None
@@ -178,12 +185,16 @@ class Correction:
 
     def summary(self) -> dict[str, float]:
         per_coordinate = self.g_eff.pow(2) if self.norm == "l2sq" else self.g_eff.abs()
-        value, weighted_coef = torch.stack([
-            (self.coef * per_coordinate).sum(dtype=torch.float64), self.coef.mean(dtype=torch.float64)]).tolist()
+        value, weighted_coef = torch.stack(
+            [(self.coef * per_coordinate).sum(dtype=torch.float64), self.coef.mean(dtype=torch.float64)]
+        ).tolist()
         # The sign is the coefficient's (the memory's direction), not the value's: at a stationary
         # point the value is 0 but the memory still (anti-)regularizes.
-        return {"geom/correction": value, "geom/correction_sign": sign(weighted_coef),
-                "geom/correction_coef": weighted_coef}
+        return {
+            "geom/correction": value,
+            "geom/correction_sign": sign(weighted_coef),
+            "geom/correction_coef": weighted_coef,
+        }
 
     def hvp_direction(self) -> Tensor:
         """The vector the twin multiplies H with: g (heavy ball), u + lambda theta (Adam),
@@ -225,8 +236,14 @@ class Correction:
         return values[self.group_index]
 
 
-def curvature_metrics(probe: ProbeLoss, optimizer: torch.optim.Optimizer, cfg: MetricsConfig, wanted: list[str],
-                      correction: Correction | None, state: ProbeState) -> dict[str, float]:
+def curvature_metrics(
+    probe: ProbeLoss,
+    optimizer: torch.optim.Optimizer,
+    cfg: MetricsConfig,
+    wanted: list[str],
+    correction: Correction | None,
+    state: ProbeState,
+) -> dict[str, float]:
     out: dict[str, float] = {}
     if state.backend is None:
         state.backend = choose_backend(probe, cfg.hvp.value, cfg.fd_step)
@@ -234,8 +251,12 @@ def curvature_metrics(probe: ProbeLoss, optimizer: torch.optim.Optimizer, cfg: M
     operator = HessianOperator(probe, state.backend, cfg.fd_step, cfg.max_columns, check_deterministic=check)
     state.determinism_checked = True
     device, dtype, dim = probe.params[0].device, probe.params[0].dtype, probe.dim
-    eigen = dict(max_iterations=cfg.sharpness_iters, tolerance=cfg.sharpness_tol, seed=cfg.seed,
-                 method=cfg.sharpness_method.value)
+    eigen = dict(
+        max_iterations=cfg.sharpness_iters,
+        tolerance=cfg.sharpness_tol,
+        seed=cfg.seed,
+        method=cfg.sharpness_method.value,
+    )
 
     if "sharpness" in wanted:
         result = curvature.top_eigenvalue(operator.matmat, dim, device, dtype, **eigen)
@@ -249,8 +270,9 @@ def curvature_metrics(probe: ProbeLoss, optimizer: torch.optim.Optimizer, cfg: M
     if "correction_ratio" in wanted and correction is not None and correction.family in ("heavy_ball", "adam", "lion"):
         out["geom/correction_ratio"] = correction.ratio(operator.matvec(correction.hvp_direction()))
     if "hessian_trace" in wanted or "r_med" in wanted:
-        hutch = curvature.hutchinson(operator.matmat, dim, device, dtype, cfg.hutchinson_probes, cfg.seed,
-                                     cfg.max_columns)
+        hutch = curvature.hutchinson(
+            operator.matmat, dim, device, dtype, cfg.hutchinson_probes, cfg.seed, cfg.max_columns
+        )
         if "hessian_trace" in wanted:
             out["geom/hessian_trace"], out["geom/hessian_trace_stderr"] = hutch.trace, hutch.trace_std_error
         if "r_med" in wanted:
@@ -259,8 +281,9 @@ def curvature_metrics(probe: ProbeLoss, optimizer: torch.optim.Optimizer, cfg: M
     return out
 
 
-def r_med_metrics(probe: ProbeLoss, operator: HessianOperator, hutch: curvature.HutchinsonResult,
-                  cfg: MetricsConfig) -> dict[str, float]:
+def r_med_metrics(
+    probe: ProbeLoss, operator: HessianOperator, hutch: curvature.HutchinsonResult, cfg: MetricsConfig
+) -> dict[str, float]:
     """R_med per tensor (exact diagonal for tensors of at most ``exact_diag_max_numel`` entries, in
     model order while their products fit ``exact_diag_budget``; the Hutchinson diagonal otherwise) and
     its median over the weight tensors (ndim >= 2; over all tensors when the model has none). On the
@@ -274,8 +297,9 @@ def r_med_metrics(probe: ProbeLoss, operator: HessianOperator, hutch: curvature.
         estimate = hutch.diagonal[offset : offset + size]
         if 2 <= size <= min(cfg.exact_diag_max_numel, budget):
             budget -= size
-            diagonal = curvature.exact_diagonal_slice(operator.matmat, probe.dim, offset, offset + size, device,
-                                                      dtype, cfg.max_columns)
+            diagonal = curvature.exact_diagonal_slice(
+                operator.matmat, probe.dim, offset, offset + size, device, dtype, cfg.max_columns
+            )
             scale = float(torch.linalg.vector_norm(diagonal))
             if scale > 0:
                 errors.append(float(torch.linalg.vector_norm(estimate - diagonal)) / scale)
@@ -300,13 +324,20 @@ def r_med_metrics(probe: ProbeLoss, operator: HessianOperator, hutch: curvature.
 class GeometryProbe:
     """What the training loop holds: config, fixed probe batch, schedule and reusable state.
 
-        if geometry.due(step + 1): geometry.remember_weights()   # before the optimizer step
-        ...
-        if geometry.due(step): logger.log(geometry.compute(step), step)
+    if geometry.due(step + 1): geometry.remember_weights()   # before the optimizer step
+    ...
+    if geometry.due(step): logger.log(geometry.compute(step), step)
     """
 
-    def __init__(self, cfg: MetricsConfig, model: nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-                 probe_batch: tuple[Tensor, Tensor], max_steps: int) -> None:
+    def __init__(
+        self,
+        cfg: MetricsConfig,
+        model: nn.Module,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        probe_batch: tuple[Tensor, Tensor],
+        max_steps: int,
+    ) -> None:
         self.cfg, self.model, self.loss_fn, self.optimizer = cfg, model, loss_fn, optimizer
         x, y = probe_batch
         self.batch = (x[: cfg.probe_size], y[: cfg.probe_size])
@@ -317,8 +348,11 @@ class GeometryProbe:
         self._before: list[Tensor] | None = None
         self._wants_before = "update_ratio" in cfg.metrics()
         if "r_med" in cfg.metrics() and cfg.hutchinson_probes < 100:
-            warnings.warn(f"metrics.hutchinson_probes={cfg.hutchinson_probes}: R_med from fewer than 100 probes is "
-                          "biased upwards by probe noise (spec: >= 100)", stacklevel=2)
+            warnings.warn(
+                f"metrics.hutchinson_probes={cfg.hutchinson_probes}: R_med from fewer than 100 probes is "
+                "biased upwards by probe noise (spec: >= 100)",
+                stacklevel=2,
+            )
 
     def due(self, step: int) -> bool:
         return self.schedule.due(step)

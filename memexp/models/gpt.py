@@ -46,8 +46,12 @@ class GPTConfig(ModelConfig):
     def check(self) -> None:
         require(self.n_layer > 0, "n_layer", self.n_layer, "an integer > 0")
         require(self.n_embd > 0, "n_embd", self.n_embd, "an integer > 0")
-        require(self.n_head > 0 and self.n_embd % self.n_head == 0, "n_head", self.n_head,
-                f"a positive divisor of n_embd={self.n_embd}")
+        require(
+            self.n_head > 0 and self.n_embd % self.n_head == 0,
+            "n_head",
+            self.n_head,
+            f"a positive divisor of n_embd={self.n_embd}",
+        )
         require(self.block_size >= 0, "block_size", self.block_size, "an integer > 0, or 0 for the data's")
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
         require(self.vocab_multiple > 0, "vocab_multiple", self.vocab_multiple, "an integer > 0")
@@ -65,8 +69,7 @@ class CausalSelfAttention(nn.Module):
         batch, time, channels = x.shape
         q, k, v = self.c_attn(x).split(channels, dim=2)
         q, k, v = (t.view(batch, time, self.n_head, channels // self.n_head).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=True)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self.resid_dropout(self.c_proj(out.transpose(1, 2).reshape(batch, time, channels)))
 
 
@@ -96,8 +99,17 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int,
-                 dropout: float = 0.0, bias: bool = True, tie_weights: bool = True):
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        tie_weights: bool = True,
+    ):
         super().__init__()
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, n_embd)
@@ -136,11 +148,19 @@ class GPT(nn.Module):
 @MODELS.register("gpt", config=GPTConfig)
 def build_gpt(cfg: GPTConfig, spec: DataSpec) -> GPT:
     if spec.task != "lm" or len(spec.input_shape) != 1:
-        raise ConfigValueError("model", "gpt", f"a language-modelling dataset (data={spec.name} is {spec.task}): "
-                               "use data=stdlib_text (offline), data=text_file data.path=... or data=hf_text")
+        raise ConfigValueError(
+            "model",
+            "gpt",
+            f"a language-modelling dataset (data={spec.name} is {spec.task}): "
+            "use data=stdlib_text (offline), data=text_file data.path=... or data=hf_text",
+        )
     data_block = spec.input_shape[0]
     block_size = cfg.block_size or data_block
-    require(block_size >= data_block, "model.block_size", cfg.block_size,
-            f"0 or an integer >= the data's block size {data_block}")
+    require(
+        block_size >= data_block,
+        "model.block_size",
+        cfg.block_size,
+        f"0 or an integer >= the data's block size {data_block}",
+    )
     vocab = math.ceil(spec.num_classes / cfg.vocab_multiple) * cfg.vocab_multiple
     return GPT(vocab, block_size, cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.dropout, cfg.bias, cfg.tie_weights)

@@ -36,14 +36,26 @@ class ResNetConfig(ModelConfig):
     zero_init_residual: bool = False  # start each residual branch at zero (Goyal et al. 2017)
 
     def check(self) -> None:
-        require(len(self.stage_blocks) > 0 and all(b > 0 for b in self.stage_blocks), "stage_blocks",
-                self.stage_blocks, "a non-empty list of positive integers")
-        require(len(self.widths) == len(self.stage_blocks) and all(w > 0 for w in self.widths), "widths",
-                self.widths, f"{len(self.stage_blocks)} positive integers (one per stage)")
+        require(
+            len(self.stage_blocks) > 0 and all(b > 0 for b in self.stage_blocks),
+            "stage_blocks",
+            self.stage_blocks,
+            "a non-empty list of positive integers",
+        )
+        require(
+            len(self.widths) == len(self.stage_blocks) and all(w > 0 for w in self.widths),
+            "widths",
+            self.widths,
+            f"{len(self.stage_blocks)} positive integers (one per stage)",
+        )
         require(self.shortcut in SHORTCUTS, "shortcut", self.shortcut, f"one of {', '.join(SHORTCUTS)}")
         if self.shortcut == "pad":
-            require(all(b >= a for a, b in zip(self.widths, self.widths[1:])), "widths", self.widths,
-                    "non-decreasing widths with shortcut=pad (it zero-pads channels)")
+            require(
+                all(b >= a for a, b in zip(self.widths, self.widths[1:])),
+                "widths",
+                self.widths,
+                "non-decreasing widths with shortcut=pad (it zero-pads channels)",
+            )
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -118,8 +130,16 @@ class PreActBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, stage_blocks: list[int], widths: list[int],
-                 preact: bool = False, shortcut: str = "conv", zero_init_residual: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        stage_blocks: list[int],
+        widths: list[int],
+        preact: bool = False,
+        shortcut: str = "conv",
+        zero_init_residual: bool = False,
+    ):
         super().__init__()
         block_type = PreActBlock if preact else BasicBlock
         stem: list[nn.Module] = [conv3x3(in_channels, widths[0])]
@@ -152,7 +172,18 @@ class ResNet(nn.Module):
 @MODELS.register("resnet", config=ResNetConfig)
 def build_resnet(cfg: ResNetConfig, spec: DataSpec) -> ResNet:
     if spec.task != "classification" or len(spec.input_shape) != 3:
-        raise ConfigValueError("model", "resnet", f"an image classification dataset (data={spec.name} is "
-                               f"{spec.task} with inputs {spec.input_shape}); e.g. data=cifar10")
-    return ResNet(spec.input_shape[0], spec.num_classes, list(cfg.stage_blocks), list(cfg.widths), cfg.preact,
-                  cfg.shortcut, cfg.zero_init_residual)
+        raise ConfigValueError(
+            "model",
+            "resnet",
+            f"an image classification dataset (data={spec.name} is "
+            f"{spec.task} with inputs {spec.input_shape}); e.g. data=cifar10",
+        )
+    return ResNet(
+        spec.input_shape[0],
+        spec.num_classes,
+        list(cfg.stage_blocks),
+        list(cfg.widths),
+        cfg.preact,
+        cfg.shortcut,
+        cfg.zero_init_residual,
+    )

@@ -43,8 +43,12 @@ class ViTConfig(ModelConfig):
     def check(self) -> None:
         require(self.embed_dim > 0, "embed_dim", self.embed_dim, "an integer > 0")
         require(self.depth > 0, "depth", self.depth, "an integer > 0")
-        require(self.num_heads > 0 and self.embed_dim % self.num_heads == 0, "num_heads", self.num_heads,
-                f"a positive divisor of embed_dim={self.embed_dim}")
+        require(
+            self.num_heads > 0 and self.embed_dim % self.num_heads == 0,
+            "num_heads",
+            self.num_heads,
+            f"a positive divisor of embed_dim={self.embed_dim}",
+        )
         require(self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a number > 0")
         require(self.patch_size >= 0, "patch_size", self.patch_size, "an integer > 0, or 0 to choose from the image")
         require(self.pool in POOLING, "pool", self.pool, f"one of {', '.join(POOLING)}")
@@ -80,8 +84,9 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attention_dropout: float,
-                 dropout: float):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, attention_dropout: float, dropout: float
+    ):
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
@@ -97,9 +102,21 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, in_channels: int, image_size: int, patch_size: int, num_classes: int, embed_dim: int,
-                 depth: int, num_heads: int, mlp_ratio: float = 4.0, pool: str = "cls", qkv_bias: bool = True,
-                 dropout: float = 0.0, attention_dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        patch_size: int,
+        num_classes: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        pool: str = "cls",
+        qkv_bias: bool = True,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+    ):
         super().__init__()
         self.pool = pool
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -143,11 +160,27 @@ class VisionTransformer(nn.Module):
 @MODELS.register("vit", config=ViTConfig)
 def build_vit(cfg: ViTConfig, spec: DataSpec) -> VisionTransformer:
     if spec.task != "classification" or len(spec.input_shape) != 3:
-        raise ConfigValueError("model", "vit", f"an image classification dataset (data={spec.name} is {spec.task} "
-                               f"with inputs {spec.input_shape}); e.g. data=digits or data=cifar10")
+        raise ConfigValueError(
+            "model",
+            "vit",
+            f"an image classification dataset (data={spec.name} is {spec.task} "
+            f"with inputs {spec.input_shape}); e.g. data=digits or data=cifar10",
+        )
     channels, height, width = spec.input_shape
     require(height == width, "model", "vit", f"square images (data={spec.name} is {height}x{width})")
     patch = cfg.patch_size or default_patch_size(height)
     require(height % patch == 0, "model.patch_size", cfg.patch_size, f"a divisor of the image side {height}")
-    return VisionTransformer(channels, height, patch, spec.num_classes, cfg.embed_dim, cfg.depth, cfg.num_heads,
-                             cfg.mlp_ratio, cfg.pool, cfg.qkv_bias, cfg.dropout, cfg.attention_dropout)
+    return VisionTransformer(
+        channels,
+        height,
+        patch,
+        spec.num_classes,
+        cfg.embed_dim,
+        cfg.depth,
+        cfg.num_heads,
+        cfg.mlp_ratio,
+        cfg.pool,
+        cfg.qkv_bias,
+        cfg.dropout,
+        cfg.attention_dropout,
+    )

@@ -18,8 +18,15 @@ def test_local_text_file_through_the_text_builder(tmp_path):
     lines = [f"line {i}: the quick brown fox" for i in range(200)]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(lines) + "\n")
-    cfg = HFTextConfig(path="text", data_files=str(corpus), cache_dir=str(tmp_path / "hf"), root=str(tmp_path),
-                       tokenizer="byte", block_size=32, eval_blocks=4)
+    cfg = HFTextConfig(
+        path="text",
+        data_files=str(corpus),
+        cache_dir=str(tmp_path / "hf"),
+        root=str(tmp_path),
+        tokenizer="byte",
+        block_size=32,
+        eval_blocks=4,
+    )
     bundle = DATASETS.build("hf_text", cfg, CPU)
     # The text builder yields one row per line; joining rows with newlines gives the file back.
     stream = np.concatenate([bundle.train.host_tokens, bundle.val.host_tokens])
@@ -34,18 +41,32 @@ def test_parquet_text_column_with_an_explicit_validation_split(tmp_path):
     test = datasets.Dataset.from_dict({"content": ["gamma delta"] * 10, "id": list(range(10))})
     train.to_parquet(str(tmp_path / "train.parquet"))
     test.to_parquet(str(tmp_path / "test.parquet"))
-    cfg = HFTextConfig(path="parquet", data_files={"train": str(tmp_path / "train.parquet"),
-                                                   "test": str(tmp_path / "test.parquet")},
-                       val_split="test", text_column="content", cache_dir=str(tmp_path / "hf"), root=str(tmp_path),
-                       block_size=8, eval_blocks=0)
+    cfg = HFTextConfig(
+        path="parquet",
+        data_files={"train": str(tmp_path / "train.parquet"), "test": str(tmp_path / "test.parquet")},
+        val_split="test",
+        text_column="content",
+        cache_dir=str(tmp_path / "hf"),
+        root=str(tmp_path),
+        block_size=8,
+        eval_blocks=0,
+    )
     bundle = DATASETS.build("hf_text", cfg, CPU)
     assert bundle.train.length == len("\n".join(["alpha beta"] * 30))
     assert bundle.val.length == len("\n".join(["gamma delta"] * 10))
     x_val, _ = bundle.eval_sets()["val"]
     assert bytes(x_val[0].numpy().astype(np.uint8)) == b"gamma de"
     with pytest.raises(ConfigValueError, match="data.text_column"):
-        DATASETS.build("hf_text", HFTextConfig(path="parquet", data_files=str(tmp_path / "train.parquet"),
-                                               cache_dir=str(tmp_path / "hf"), root=str(tmp_path)), CPU)
+        DATASETS.build(
+            "hf_text",
+            HFTextConfig(
+                path="parquet",
+                data_files=str(tmp_path / "train.parquet"),
+                cache_dir=str(tmp_path / "hf"),
+                root=str(tmp_path),
+            ),
+            CPU,
+        )
 
 
 def test_parquet_images_with_class_labels(tmp_path):
@@ -55,11 +76,19 @@ def test_parquet_images_with_class_labels(tmp_path):
     pixels = rng.integers(0, 256, (20, 6, 6, 3), dtype=np.uint8)
     labels = rng.integers(0, 3, 20)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
-    table = datasets.Dataset.from_dict({"image": [Image.fromarray(p) for p in pixels], "label": labels.tolist()},
-                                       features=features)
+    table = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p) for p in pixels], "label": labels.tolist()}, features=features
+    )
     table.to_parquet(str(tmp_path / "images.parquet"))
-    cfg = HFImagesConfig(path="parquet", data_files=str(tmp_path / "images.parquet"), cache_dir=str(tmp_path / "hf"),
-                         val_fraction=0.25, normalize=False, augment=True, crop_padding=1)
+    cfg = HFImagesConfig(
+        path="parquet",
+        data_files=str(tmp_path / "images.parquet"),
+        cache_dir=str(tmp_path / "hf"),
+        val_fraction=0.25,
+        normalize=False,
+        augment=True,
+        crop_padding=1,
+    )
     bundle = DATASETS.build("hf_images", cfg, CPU)
     assert bundle.spec.input_shape == (3, 6, 6) and bundle.spec.num_classes == 3
     assert bundle.train[0].shape[0] == 15 and bundle.val[0].shape[0] == 5

@@ -74,8 +74,9 @@ def test_cifar_layout_labels_normalisation_and_test_split(tmp_path, skip_cifar_c
     expected = (pixels - mean[None, :, None, None]) / std[None, :, None, None]
     np.testing.assert_allclose(x_train.numpy(), expected, rtol=0, atol=2e-5)
     test_pixels = raw["test_x"].reshape(6, 3, 32, 32) / 255
-    np.testing.assert_allclose(x_val.numpy(), (test_pixels - mean[None, :, None, None]) / std[None, :, None, None],
-                               rtol=0, atol=2e-5)
+    np.testing.assert_allclose(
+        x_val.numpy(), (test_pixels - mean[None, :, None, None]) / std[None, :, None, None], rtol=0, atol=2e-5
+    )
     assert y_train.tolist() == raw["train_y"].tolist() and y_val.tolist() == raw["test_y"].tolist()
     # Augmentation pads with the normalised value of a black pixel.
     assert isinstance(bundle.augment, RandomCropFlip) and bundle.augment.padding == 4
@@ -117,12 +118,15 @@ def test_mnist_family_reads_idx_files(tmp_path, config, folder):
     assert bundle.train[1].tolist() == train_labels.tolist() and bundle.val[1].tolist() == test_labels.tolist()
 
 
-@pytest.mark.parametrize(("config", "where", "how"), [
-    (CIFAR10Config, "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    (CIFAR100Config, "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
-    (MNISTConfig, "MNIST/raw", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-    (FashionMNISTConfig, "FashionMNIST/raw", "fashion-mnist"),
-])
+@pytest.mark.parametrize(
+    ("config", "where", "how"),
+    [
+        (CIFAR10Config, "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+        (CIFAR100Config, "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+        (MNISTConfig, "MNIST/raw", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        (FashionMNISTConfig, "FashionMNIST/raw", "fashion-mnist"),
+    ],
+)
 def test_missing_data_names_the_folder_and_how_to_get_it(tmp_path, config, where, how):
     with pytest.raises(DataNotFoundError) as error:
         DATASETS.build(config().name, config(root=str(tmp_path / "empty")), CPU)

@@ -41,8 +41,12 @@ def test_gpt2_tokenizer_puts_end_of_text_after_each_document(monkeypatch):
     tiktoken = pytest.importorskip("tiktoken")
     # The GPT-2 vocabulary is a download; a byte-level Encoding with the same end-of-text token id
     # convention exercises memexp's code path offline.
-    encoding = tiktoken.Encoding("bytes", pat_str=r"\S+|\s+", mergeable_ranks={bytes([i]): i for i in range(256)},
-                                 special_tokens={"<|endoftext|>": 256})
+    encoding = tiktoken.Encoding(
+        "bytes",
+        pat_str=r"\S+|\s+",
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={"<|endoftext|>": 256},
+    )
     monkeypatch.setattr(tiktoken, "get_encoding", lambda name: encoding)
     tokenizer = TiktokenTokenizer("gpt2")
     ids = tokenizer.encode_documents([b"ab", "é".encode()])
@@ -71,9 +75,12 @@ def test_token_cache_is_written_next_to_the_file_and_reused(tmp_path, monkeypatc
         raise AssertionError("the cache should have been reused")
 
     monkeypatch.setattr(text, "make_tokenizer", no_tokenizing)
-    again = text.load_token_stream([tmp_path / "input.txt.char"],
-                                   {"source": str(path.resolve()), "fingerprint": text.files_fingerprint([path])},
-                                   "char", lambda: [])
+    again = text.load_token_stream(
+        [tmp_path / "input.txt.char"],
+        {"source": str(path.resolve()), "fingerprint": text.files_fingerprint([path])},
+        "char",
+        lambda: [],
+    )
     assert again.reused and isinstance(again.tokens, np.memmap) and cache.stat().st_mtime_ns == stamp
     decoded = CharTokenizer(again.metadata["chars"]).decode(again.tokens)
     assert decoded == corpus
@@ -87,8 +94,9 @@ def test_token_cache_is_written_next_to_the_file_and_reused(tmp_path, monkeypatc
 
 def test_blocks_are_random_windows_of_the_training_head_and_eval_uses_the_disjoint_tail():
     tokens = np.arange(200, dtype=np.uint16)  # each token is its own position
-    bundle = TokenBlocks("counting", tokens[:100], tokens[100:], vocab_size=200, block_size=10, device=CPU,
-                         eval_blocks=8)
+    bundle = TokenBlocks(
+        "counting", tokens[:100], tokens[100:], vocab_size=200, block_size=10, device=CPU, eval_blocks=8
+    )
     batches = bundle.train_iterator(batch_size=64, seed=0)
     starts = []
     for _ in range(20):
@@ -160,7 +168,6 @@ def test_text_errors_name_the_key_or_the_path(tmp_path):
     short.write_text("abc" * 10)
     with pytest.raises(ConfigValueError, match="data.block_size"):
         DATASETS.build("text_file", TextFileConfig(path=str(short), block_size=64), CPU)
-
 
 
 def test_data_roots_follow_memexp_data_and_default_to_the_user_cache(compose, monkeypatch, tmp_path):

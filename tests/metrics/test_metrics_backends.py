@@ -58,8 +58,12 @@ def test_auto_falls_back_to_finite_differences_and_those_are_right() -> None:
         assert choose_backend(probe, "auto", 1e-4) == "finite_difference"
     operator = HessianOperator(probe, "finite_difference", fd_step=1e-4)
     # L = sum w^3: H = diag(6 w)
-    torch.testing.assert_close(operator.matmat(torch.eye(3, dtype=torch.float64)),
-                               torch.diag(6 * probe.params[0].detach()), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        operator.matmat(torch.eye(3, dtype=torch.float64)),
+        torch.diag(6 * probe.params[0].detach()),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_metrics_on_a_model_without_forward_ad_use_finite_differences() -> None:

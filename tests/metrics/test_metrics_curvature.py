@@ -47,8 +47,9 @@ def test_lanczos_returns_the_largest_algebraic_eigenvalue_not_the_largest_magnit
 
 def test_power_iteration_matches_closed_form_with_a_spectral_gap() -> None:
     matrix = matrix_with_spectrum(torch.tensor([0.1, 0.5, 1.0, 2.0, 10.0], dtype=torch.float64), seed=3)
-    result = curvature.top_eigenvalue(lambda v: matrix @ v, 5, CPU, torch.float64, max_iterations=100,
-                                      tolerance=1e-8, method="power")
+    result = curvature.top_eigenvalue(
+        lambda v: matrix @ v, 5, CPU, torch.float64, max_iterations=100, tolerance=1e-8, method="power"
+    )
     assert result.converged and result.value == pytest.approx(10.0, rel=1e-3)
 
 
@@ -114,16 +115,18 @@ def test_r_med_uses_the_mean_of_the_two_middle_values_for_an_even_count() -> Non
 def test_exact_diagonal_slice_matches_the_dense_hessian() -> None:
     matrix = matrix_with_spectrum(torch.linspace(-2.0, 3.0, 12, dtype=torch.float64), seed=7)
     operator = quadratic_operator(matrix)
-    torch.testing.assert_close(curvature.exact_diagonal_slice(operator.matmat, 12, 3, 10, CPU, torch.float64, block=4),
-                               matrix.diagonal()[3:10])
+    torch.testing.assert_close(
+        curvature.exact_diagonal_slice(operator.matmat, 12, 3, 10, CPU, torch.float64, block=4), matrix.diagonal()[3:10]
+    )
 
 
 @pytest.mark.parametrize("backend", ["autodiff", "finite_difference"])
 def test_hvp_on_a_tiny_net_matches_the_dense_float64_hessian(backend: str) -> None:
     model, (x, y) = tiny_net(), tiny_data()
     hessian = dense_hessian(model, F.cross_entropy, x, y)
-    operator = HessianOperator(ProbeLoss(model, F.cross_entropy, [(x[:7], y[:7]), (x[7:], y[7:])]), backend,
-                               fd_step=1e-4)
+    operator = HessianOperator(
+        ProbeLoss(model, F.cross_entropy, [(x[:7], y[:7]), (x[7:], y[7:])]), backend, fd_step=1e-4
+    )
     vectors = torch.randn(hessian.shape[0], 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     tolerance = 1e-10 if backend == "autodiff" else 1e-6  # central differences: O(r^2) truncation
     torch.testing.assert_close(operator.matmat(vectors), hessian @ vectors, rtol=tolerance, atol=tolerance)
@@ -146,8 +149,14 @@ def test_sharpness_trace_and_preconditioned_sharpness_on_a_tiny_net_match_dense_
     top = curvature.top_eigenvalue(operator.matmat, dim, CPU, torch.float64, max_iterations=dim, tolerance=1e-9)
     assert top.value == pytest.approx(float(torch.linalg.eigvalsh(hessian)[-1]), rel=1e-6)
     root = torch.linspace(0.5, 2.0, dim, dtype=torch.float64)
-    pre = curvature.top_eigenvalue(lambda v: root[:, None] * operator.matmat(root[:, None] * v), dim, CPU,
-                                   torch.float64, max_iterations=dim, tolerance=1e-9)
+    pre = curvature.top_eigenvalue(
+        lambda v: root[:, None] * operator.matmat(root[:, None] * v),
+        dim,
+        CPU,
+        torch.float64,
+        max_iterations=dim,
+        tolerance=1e-9,
+    )
     reference = torch.linalg.eigvalsh(root[:, None] * hessian * root[None, :])[-1]
     assert pre.value == pytest.approx(float(reference), rel=1e-6)
     hutch = curvature.hutchinson(operator.matmat, dim, CPU, torch.float64, probes=200, seed=0)
@@ -177,8 +186,14 @@ def test_r_med_per_tensor_exact_and_hutchinson_paths_and_the_weight_tensor_media
     e = torch.arange(1.0, 41.0, dtype=torch.float64).reshape(5, 8)  # 1..40: R = 40 / 20.5
     model = SeparableQuadratic(d, e)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    cfg = MetricsConfig(every=1, tier=MetricsTier.economy, include=["r_med"], hutchinson_probes=6,
-                        exact_diag_max_numel=5, exact_diag_budget=64)
+    cfg = MetricsConfig(
+        every=1,
+        tier=MetricsTier.economy,
+        include=["r_med"],
+        hutchinson_probes=6,
+        exact_diag_max_numel=5,
+        exact_diag_budget=64,
+    )
     out = compute_metrics(model, mean_output, quadratic_batch(), optimizer, cfg)
     assert out["geom/r_med/a"] == pytest.approx(2.0)  # exact diagonal (5 entries)
     assert out["geom/r_med_neg_frac/a"] == pytest.approx(1 / 5)
@@ -186,7 +201,11 @@ def test_r_med_per_tensor_exact_and_hutchinson_paths_and_the_weight_tensor_media
     assert out["geom/r_med"] == pytest.approx(40 / 20.5)  # the median over weight tensors (ndim >= 2) only
     assert out["geom/r_med_diag_error"] == pytest.approx(0.0, abs=1e-12)
     assert out["geom/hvp_count"] == 6 + 5  # the probes plus one product per exact diagonal entry
-    over_budget = compute_metrics(model, mean_output, quadratic_batch(), optimizer,
-                                  MetricsConfig(every=1, include=["r_med"], hutchinson_probes=6,
-                                                exact_diag_max_numel=5, exact_diag_budget=4))
+    over_budget = compute_metrics(
+        model,
+        mean_output,
+        quadratic_batch(),
+        optimizer,
+        MetricsConfig(every=1, include=["r_med"], hutchinson_probes=6, exact_diag_max_numel=5, exact_diag_budget=4),
+    )
     assert over_budget["geom/hvp_count"] == 6 and "geom/r_med_diag_error" not in over_budget

@@ -76,8 +76,11 @@ def test_memory_coefficients_tend_to_the_spec_limits() -> None:
 
 def quadratic_problem(optimizer_factory, steps: int = 3, weight_decay_start: float = 1.0):  # noqa: ANN001, ANN201
     matrix = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
-    model = Quadratic(matrix, shift=torch.tensor([0.5, -1.0, 0.25], dtype=torch.float64),
-                      start=torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * weight_decay_start)
+    model = Quadratic(
+        matrix,
+        shift=torch.tensor([0.5, -1.0, 0.25], dtype=torch.float64),
+        start=torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) * weight_decay_start,
+    )
     optimizer = optimizer_factory(model.parameters())
     batch = quadratic_batch()
     for _ in range(steps):
@@ -104,7 +107,8 @@ def test_heavy_ball_correction_is_the_twins_penalty_and_regularizes() -> None:
 
 def test_heavy_ball_with_coupled_weight_decay_penalizes_the_regularized_gradient() -> None:
     model, optimizer, batch, matrix = quadratic_problem(
-        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, weight_decay=0.1), steps=2)
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5, weight_decay=0.1), steps=2
+    )
     out = compute_metrics(model, mean_output, batch, optimizer, economy(), step=2)
     g = matrix @ model.x.detach() + model.shift + 0.1 * model.x.detach()
     s_n, c_n = heavy_ball_coefficients(0.5, 2)
@@ -154,10 +158,16 @@ def test_lion_constraint_on_hand_made_weights() -> None:
     model.b = torch.nn.Parameter(torch.tensor([[0.5, -4.0], [1.98, 0.1]]))  # .25, 2, .99, .05
     model.bias = torch.nn.Parameter(torch.tensor([100.0]))  # not decayed: ignored
     model.forward = lambda inputs: (model.a.sum() + model.b.sum() + model.bias.sum()).expand(inputs.shape[0])
-    optimizer = torch.optim.AdamW([{"params": [model.a, model.b], "weight_decay": 0.5},
-                                   {"params": [model.bias], "weight_decay": 0.0}], lr=0.1)
-    out = compute_metrics(model, mean_output, (torch.zeros(2, 1), torch.zeros(2)), optimizer,
-                          MetricsConfig(every=1, include=[], exclude=["correction", "grad_norms"]))
+    optimizer = torch.optim.AdamW(
+        [{"params": [model.a, model.b], "weight_decay": 0.5}, {"params": [model.bias], "weight_decay": 0.0}], lr=0.1
+    )
+    out = compute_metrics(
+        model,
+        mean_output,
+        (torch.zeros(2, 1), torch.zeros(2)),
+        optimizer,
+        MetricsConfig(every=1, include=[], exclude=["correction", "grad_norms"]),
+    )
     assert out["geom/lion_linf_lambda/a"] == pytest.approx(1.0)
     assert out["geom/lion_saturation/a"] == pytest.approx(2 / 4)
     assert out["geom/lion_linf_lambda/b"] == pytest.approx(2.0)
@@ -197,8 +207,13 @@ def test_metrics_leave_training_state_untouched() -> None:
     torch.nn.functional.cross_entropy(model(x), y).backward()
     grads = [p.grad.clone() for p in model.parameters()]
     rng = torch.get_rng_state()
-    compute_metrics(model, torch.nn.functional.cross_entropy, (x, y), optimizer,
-                    MetricsConfig(every=1, tier=MetricsTier.full, hutchinson_probes=4, sharpness_iters=3))
+    compute_metrics(
+        model,
+        torch.nn.functional.cross_entropy,
+        (x, y),
+        optimizer,
+        MetricsConfig(every=1, tier=MetricsTier.full, hutchinson_probes=4, sharpness_iters=3),
+    )
     assert model.training
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))

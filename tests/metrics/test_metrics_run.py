@@ -18,14 +18,35 @@ from memexp.train import build_run, check_config, config_dir, train
 from tests.metrics.metrics_helpers import wandb_logged_keys
 
 ISSUE_KEYS = {  # the names issue 5 lists (am_beta needs an adaptive-memory optimizer: see the unit test)
-    "geom/grad_l2sq", "geom/grad_l1", "geom/correction", "geom/correction_sign", "geom/r_med", "geom/sharpness",
-    "geom/sharpness_precond", "geom/hessian_trace", "geom/lion_saturation", "geom/lion_linf_lambda",
-    "geom/weight_norm", "geom/update_ratio",
+    "geom/grad_l2sq",
+    "geom/grad_l1",
+    "geom/correction",
+    "geom/correction_sign",
+    "geom/r_med",
+    "geom/sharpness",
+    "geom/sharpness_precond",
+    "geom/hessian_trace",
+    "geom/lion_saturation",
+    "geom/lion_linf_lambda",
+    "geom/weight_norm",
+    "geom/update_ratio",
 }
-TINY = ["trainer=quick", "trainer.max_steps=4", "trainer.eval_every=2", "trainer.log_every=2", "trainer.progress=off",
-        "model.hidden_sizes=[8]", "trainer.eval_examples=64"]
-FULL = ["metrics=full", "metrics.probe_size=32", "metrics.hutchinson_probes=4", "metrics.sharpness_iters=3",
-        "metrics.exact_diag_max_numel=10"]
+TINY = [
+    "trainer=quick",
+    "trainer.max_steps=4",
+    "trainer.eval_every=2",
+    "trainer.log_every=2",
+    "trainer.progress=off",
+    "model.hidden_sizes=[8]",
+    "trainer.eval_examples=64",
+]
+FULL = [
+    "metrics=full",
+    "metrics.probe_size=32",
+    "metrics.hutchinson_probes=4",
+    "metrics.sharpness_iters=3",
+    "metrics.exact_diag_max_numel=10",
+]
 
 
 def composed(overrides: list[str]):  # noqa: ANN201
@@ -38,8 +59,30 @@ def test_metrics_schedules_by_hand() -> None:
     linear = MetricsSchedule(every=3, max_steps=10)
     assert [s for s in range(1, 11) if linear.due(s)] == [3, 6, 9, 10]
     log = MetricsSchedule(every=50, max_steps=200, schedule=TrackSchedule.log, per_decade=10)
-    assert [s for s in range(1, 201) if log.due(s)] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 63, 79,
-                                                         100, 126, 150, 158, 200]
+    assert [s for s in range(1, 201) if log.due(s)] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        8,
+        10,
+        13,
+        16,
+        20,
+        25,
+        32,
+        40,
+        50,
+        63,
+        79,
+        100,
+        126,
+        150,
+        158,
+        200,
+    ]
     assert not any(MetricsSchedule(every=0, max_steps=10).due(s) for s in range(1, 11))
 
 
@@ -56,11 +99,14 @@ def test_default_metrics_follow_the_eval_cadence() -> None:
     assert cfg.metrics.every == 7 and cfg.metrics.tier.value == "economy"
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("metrics.include=[sharpnes]", "metrics.include"),
-    ("metrics.hutchinson_probes=1", "metrics.hutchinson_probes"),
-    ("metrics.every=-1", "metrics.every"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("metrics.include=[sharpnes]", "metrics.include"),
+        ("metrics.hutchinson_probes=1", "metrics.hutchinson_probes"),
+        ("metrics.every=-1", "metrics.every"),
+    ],
+)
 def test_bad_metrics_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigValueError) as error:
         composed([override])

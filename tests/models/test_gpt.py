@@ -35,8 +35,13 @@ def preset(name: str):
 
 def gpt_parameter_count(vocab: int, block: int, layers: int, dim: int) -> int:
     """Closed form with tied weights and biases everywhere (GPT-2)."""
-    per_layer = 2 * (2 * dim) + (dim * 3 * dim + 3 * dim) + (dim * dim + dim) + (dim * 4 * dim + 4 * dim) \
+    per_layer = (
+        2 * (2 * dim)
+        + (dim * 3 * dim + 3 * dim)
+        + (dim * dim + dim)
+        + (dim * 4 * dim + 4 * dim)
         + (4 * dim * dim + dim)
+    )
     return vocab * dim + block * dim + layers * per_layer + 2 * dim
 
 
@@ -51,10 +56,15 @@ def test_gpt_small_with_the_gpt2_vocabulary_is_gpt2_small():
     assert count(model) == 124_439_808 == gpt_parameter_count(50257, 1024, 12, 768)  # GPT-2 small's published size
 
 
-@pytest.mark.parametrize(("name", "documented", "layers", "dim"), [
-    ("gpt_nano", 109_488, 3, 48), ("gpt_mini", 2_767_872, 6, 192), ("gpt", 109_488, 3, 48),
-    ("gpt_small", 85_449_216, 12, 768),
-])
+@pytest.mark.parametrize(
+    ("name", "documented", "layers", "dim"),
+    [
+        ("gpt_nano", 109_488, 3, 48),
+        ("gpt_mini", 2_767_872, 6, 192),
+        ("gpt", 109_488, 3, 48),
+        ("gpt_small", 85_449_216, 12, 768),
+    ],
+)
 def test_preset_parameter_counts_with_byte_tokens(name, documented, layers, dim):
     cfg = preset(name)
     assert (cfg.n_layer, cfg.n_embd) == (layers, dim)
@@ -118,8 +128,9 @@ def test_weights_are_tied_and_both_uses_receive_gradient():
 def test_gpt2_initialisation_scales_residual_projections_by_depth():
     torch.manual_seed(0)
     model = GPT(vocab_size=64, block_size=16, n_layer=8, n_head=4, n_embd=256)
-    projections = torch.cat([b.attn.c_proj.weight.flatten() for b in model.blocks]
-                            + [b.mlp.c_proj.weight.flatten() for b in model.blocks])
+    projections = torch.cat(
+        [b.attn.c_proj.weight.flatten() for b in model.blocks] + [b.mlp.c_proj.weight.flatten() for b in model.blocks]
+    )
     others = torch.cat([b.attn.c_attn.weight.flatten() for b in model.blocks] + [model.wte.weight.flatten()])
     # 2.6M and 1.6M samples: the sample std is within 0.5% of the target with overwhelming probability.
     assert projections.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=5e-3)

@@ -19,9 +19,20 @@ def run_cli(*args: str) -> int:
 
 def test_vit_trains_on_digits(tmp_path):
     run_dir = tmp_path / "vit"
-    code = run_cli("optimizer=adamw", "model=vit", "model.depth=2", "model.embed_dim=32", "model.num_heads=4",
-                   "trainer=quick", "trainer.max_steps=6", "trainer.eval_every=0", "trainer.eval_examples=64",
-                   "logger=none", "trainer.progress=off", f"hydra.run.dir={run_dir}")
+    code = run_cli(
+        "optimizer=adamw",
+        "model=vit",
+        "model.depth=2",
+        "model.embed_dim=32",
+        "model.num_heads=4",
+        "trainer=quick",
+        "trainer.max_steps=6",
+        "trainer.eval_every=0",
+        "trainer.eval_examples=64",
+        "logger=none",
+        "trainer.progress=off",
+        f"hydra.run.dir={run_dir}",
+    )
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 6
@@ -31,9 +42,20 @@ def test_vit_trains_on_digits(tmp_path):
 def test_gpt_trains_on_the_offline_text_by_default(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMEXP_DATA", str(tmp_path / "data"))
     run_dir = tmp_path / "gpt"
-    code = run_cli("optimizer=adamw", "model=gpt", "data.block_size=32", "data.eval_blocks=8",
-                   "data.max_tokens=100000", "trainer=quick", "trainer.batch_size=4", "trainer.max_steps=6",
-                   "trainer.eval_every=0", "logger=none", "trainer.progress=off", f"hydra.run.dir={run_dir}")
+    code = run_cli(
+        "optimizer=adamw",
+        "model=gpt",
+        "data.block_size=32",
+        "data.eval_blocks=8",
+        "data.max_tokens=100000",
+        "trainer=quick",
+        "trainer.batch_size=4",
+        "trainer.max_steps=6",
+        "trainer.eval_every=0",
+        "logger=none",
+        "trainer.progress=off",
+        f"hydra.run.dir={run_dir}",
+    )
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished"

@@ -29,13 +29,16 @@ def preset(name: str) -> ResNetConfig:
     return model_cfg
 
 
-@pytest.mark.parametrize(("name", "documented"), [
-    ("resnet18", 11_173_962),  # kuangliu/pytorch-cifar's ResNet18
-    ("preact_resnet18", 11_172_170),  # kuangliu's PreActResNet18 (11,171,146) + the final BN (2 x 512)
-    ("resnet20", 269_722),  # He et al. 2016, table 6: 0.27M
-    ("resnet", 269_722),
-    ("resnet56", 853_018),  # 0.85M
-])
+@pytest.mark.parametrize(
+    ("name", "documented"),
+    [
+        ("resnet18", 11_173_962),  # kuangliu/pytorch-cifar's ResNet18
+        ("preact_resnet18", 11_172_170),  # kuangliu's PreActResNet18 (11,171,146) + the final BN (2 x 512)
+        ("resnet20", 269_722),  # He et al. 2016, table 6: 0.27M
+        ("resnet", 269_722),
+        ("resnet56", 853_018),  # 0.85M
+    ],
+)
 def test_preset_parameter_counts_match_the_published_values(name, documented):
     with torch.device("meta"):
         model = MODELS.build("resnet", preset(name), CIFAR10)

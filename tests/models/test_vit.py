@@ -32,8 +32,9 @@ def preset(name: str):
     return model_cfg
 
 
-def vit_parameter_count(channels: int, image: int, patch: int, dim: int, depth: int, classes: int,
-                        mlp_ratio: float = 4.0) -> int:
+def vit_parameter_count(
+    channels: int, image: int, patch: int, dim: int, depth: int, classes: int, mlp_ratio: float = 4.0
+) -> int:
     """Closed form, counted by hand from the architecture."""
     hidden = int(dim * mlp_ratio)
     tokens = (image // patch) ** 2 + 1  # + class token
@@ -43,9 +44,14 @@ def vit_parameter_count(channels: int, image: int, patch: int, dim: int, depth: 
     return patch_embed + dim + tokens * dim + depth * block + 2 * dim + dim * classes + classes
 
 
-@pytest.mark.parametrize(("name", "documented", "dim", "heads"), [
-    ("vit_tiny", 5_362_762, 192, 3), ("vit_small", 21_342_346, 384, 6), ("vit", 5_362_762, 192, 3),
-])
+@pytest.mark.parametrize(
+    ("name", "documented", "dim", "heads"),
+    [
+        ("vit_tiny", 5_362_762, 192, 3),
+        ("vit_small", 21_342_346, 384, 6),
+        ("vit", 5_362_762, 192, 3),
+    ],
+)
 def test_preset_parameter_counts_match_the_documented_values(name, documented, dim, heads):
     cfg = preset(name)
     assert (cfg.embed_dim, cfg.num_heads, cfg.depth) == (dim, heads, 12)
@@ -64,8 +70,16 @@ def test_default_patch_size_keeps_at_most_8_patches_per_side(side, patch):
 def test_forward_backward_on_digits_and_cifar_shapes(pool):
     torch.manual_seed(0)
     for spec in (DIGITS, CIFAR10):
-        model = VisionTransformer(spec.input_shape[0], spec.input_shape[1], default_patch_size(spec.input_shape[1]),
-                                  spec.num_classes, embed_dim=32, depth=2, num_heads=4, pool=pool)
+        model = VisionTransformer(
+            spec.input_shape[0],
+            spec.input_shape[1],
+            default_patch_size(spec.input_shape[1]),
+            spec.num_classes,
+            embed_dim=32,
+            depth=2,
+            num_heads=4,
+            pool=pool,
+        )
         x = torch.randn(5, *spec.input_shape)
         out = model(x)
         assert out.shape == (5, spec.num_classes)
