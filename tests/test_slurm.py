@@ -92,7 +92,7 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path: 
         time.sleep(0.5)
     assert metrics.is_file(), "the Slurm job never started training"
     # This sweep's own job (other sweeps may share the cluster): submitit names its folder by job id.
-    [job_dir] = [p for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name]
+    [job_dir] = [p for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name[0].isdigit()]
     job_id = job_dir.name
     # The preemption warning, as Slurm sends it to the job step (submitit's --signal=USR2@...).
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
