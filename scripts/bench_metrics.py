@@ -21,6 +21,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -99,26 +100,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS),
+        help="comma-separated subset of none,default,full (none is always run)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run, e.g. model=cnn")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    wall: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
-    passes: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    settings = ["none", *(name for name in SETTINGS[1:] if name in args.settings.split(","))]
+    wall: dict[str, list[float]] = {name: [] for name in settings}
+    cpu: dict[str, list[float]] = {name: [] for name in settings}
+    passes: dict[str, list[float]] = {name: [] for name in settings}
     steps = 0
     with tempfile.TemporaryDirectory(prefix="bench_metrics_") as tmp:
         for rep in range(args.reps):
-            for name in SETTINGS:
+            for name in settings:
                 elapsed, cpu_s, seconds, steps = timed_run(
                     [f"metrics={name}", *args.overrides], Path(tmp) / f"{name}{rep}"
                 )
                 wall[name].append(elapsed)
                 cpu[name].append(cpu_s)
                 passes[name].extend(seconds)
-    ratios = {name: [w / n for w, n in zip(wall[name], wall["none"])] for name in SETTINGS}
-    cpu_ratios = {name: [w / n for w, n in zip(cpu[name], cpu["none"])] for name in SETTINGS}
-    report = {
+    ratios = {name: [w / n for w, n in zip(wall[name], wall["none"])] for name in settings}
+    cpu_ratios = {name: [w / n for w, n in zip(cpu[name], cpu["none"])] for name in settings}
+    report: dict[str, Any] = {
         "overrides": args.overrides,
         "threads": torch.get_num_threads(),
         "reps": args.reps,
@@ -126,21 +133,20 @@ def main() -> None:
         "wall_s": {name: statistics.median(times) for name, times in wall.items()},
         "wall_s_all": wall,
         "cpu_s": {name: statistics.median(times) for name, times in cpu.items()},
-        "metrics_passes_per_run": {name: len(passes[name]) // args.reps for name in SETTINGS},
-        "default_overhead": statistics.median(ratios["default"]) - 1,
+        "metrics_passes_per_run": {name: len(passes[name]) // args.reps for name in settings},
+    }
+    for name in settings[1:]:
+        report[f"{name}_overhead"] = statistics.median(ratios[name]) - 1
         # Process CPU time: with one intra-op thread it is the work done, much less sensitive than
         # wall time to other processes on a shared machine.
-        "default_overhead_cpu": statistics.median(cpu_ratios["default"]) - 1,
-        # The metrics passes' own time over the training time without metrics: the overhead with the
-        # machine's noise taken out (the side-by-side ratio above carries it).
-        "default_direct_overhead": sum(passes["default"]) / args.reps / statistics.median(wall["none"]),
-        "default_overhead_goal": 0.05,
-        "default_seconds_per_eval": statistics.mean(passes["default"]) if passes["default"] else None,
-        "full_overhead": statistics.median(ratios["full"]) - 1,
-        "full_overhead_cpu": statistics.median(cpu_ratios["full"]) - 1,
-        "full_seconds_per_eval": statistics.mean(passes["full"]) if passes["full"] else None,
-        "hvp": hvp_benchmark(args.overrides),
-    }
+        report[f"{name}_overhead_cpu"] = statistics.median(cpu_ratios[name]) - 1
+        # The passes' own time over the training time without metrics: the overhead with the
+        # machine's noise taken out (the side-by-side ratios above carry it).
+        report[f"{name}_direct_overhead"] = sum(passes[name]) / args.reps / statistics.median(wall["none"])
+        report[f"{name}_seconds_per_eval"] = statistics.mean(passes[name]) if passes[name] else None
+    report["default_overhead_goal"] = 0.05
+    if "full" in settings:
+        report["hvp"] = hvp_benchmark(args.overrides)
     print(json.dumps(report, indent=2))
 
 

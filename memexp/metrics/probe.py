@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -231,7 +232,8 @@ class Correction:
         numerator = float(torch.linalg.vector_norm(corr.double()))
         return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else math.inf)
 
-    def _per_group(self, fn) -> Tensor:  # noqa: ANN001 - a small lambda of (beta1, beta2)
+    def _per_group(self, fn: Callable[[float, float], float]) -> Tensor:
+        """``fn(beta1, beta2)`` of each coordinate's param group, flat."""
         values = torch.tensor([fn(b1, b2) for b1, b2 in self.betas], device=self.coef.device, dtype=self.coef.dtype)
         return values[self.group_index]
 
