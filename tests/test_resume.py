@@ -15,11 +15,11 @@ from tests.conftest import memexp_env, run_memexp
 
 COMMON = [
     "optimizer=adamw",
-    "model=cnn",
+    "model=mlp",
     "model.dropout=0.2",
-    "trainer.max_steps=1500",
+    "trainer.max_steps=1000",
     "trainer.log_every=10",
-    "trainer.eval_every=300",
+    "trainer.eval_every=250",
     "trainer.checkpoint_every=100",
     "logger=none",
     "trainer.progress=plain",
@@ -37,7 +37,7 @@ def last_logged_step(metrics: Path) -> int:
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     env = memexp_env(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
-    kill_after = random.Random().randint(250, 1100)
+    kill_after = random.Random().randint(150, 700)
     run_dir = tmp_path / "killed"
     script = Path(sys.executable).parent / "memexp"
     command = [str(script), "train", *COMMON, f"hydra.run.dir={run_dir}"]
