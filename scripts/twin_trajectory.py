@@ -18,6 +18,7 @@ so the slopes measure the theorem and not HVP error. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -113,8 +114,9 @@ def fitted_slope(step_sizes: list[float], distances: list[float]) -> float:
 
 
 # name -> (original, twin(correction), step sizes, horizon T). AdamW cases: eps=0.5, weight_decay=0.1
-# (a large eps keeps g/(|g|+eps) smooth near g = 0). Lion: no O(h²) theorem (sign). Settings chosen so h·λ_max(H) is small
-# (the asymptotic regime of the theorem) and the horizon spans many optimizer time constants.
+# (a large eps keeps g/(|g|+eps) smooth near g = 0). Lion: no O(h²) theorem (sign). Settings chosen
+# so h·λ_max(H) is small (the asymptotic regime of the theorem) and the horizon spans many optimizer
+# time constants.
 CASES: dict[str, tuple[Callable, Callable, list[float], float]] = {
     "heavy_ball_m0.5": (
         lambda p, h: torch.optim.SGD(p, lr=h, momentum=0.5),
@@ -166,14 +168,18 @@ def main() -> None:
         problem = problems[problem_name]()
         for case in args.cases.split(","):
             make_original, make_twin, step_sizes, horizon = CASES[case]
-            row: dict[str, object] = {"problem": problem_name, "optimizer": case, "horizon": horizon,
-                                      "step_sizes": step_sizes}
+            row: dict[str, object] = {
+                "problem": problem_name,
+                "optimizer": case,
+                "horizon": horizon,
+                "step_sizes": step_sizes,
+            }
             for correction in (True, False):
                 measured = [
                     max_distance(
                         problem,
-                        lambda p, h=h: make_original(p, h),
-                        lambda p, h=h, c=correction: make_twin(p, h, c),
+                        functools.partial(make_original, h=h),
+                        functools.partial(make_twin, h=h, c=correction),
                         round(horizon / h),
                     )
                     for h in step_sizes
