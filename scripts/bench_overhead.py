@@ -90,8 +90,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--wandb", action="store_true", help="also log to W&B (offline) in memexp's loop")
+    parser.add_argument("--flush-denormal", action="store_true", help="flush denormal floats to zero in both loops")
     args = parser.parse_args()
     torch.set_num_threads(1)  # both loops on one thread: less noise from the other core
+    if args.flush_denormal:
+        torch.set_flush_denormal(True)
     short = args.steps // 4
     times: dict[str, list[float]] = {"memexp_long": [], "memexp_short": [], "bare_long": [], "bare_short": []}
     with tempfile.TemporaryDirectory() as workdir:
