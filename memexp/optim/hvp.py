@@ -98,7 +98,8 @@ def _gradients_at(
     # Fresh tensors: the caller forms the difference in them in place. (A closure that hands back
     # tensors it keeps, e.g. precomputed gradients, gets copies.)
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    grads = [g.clone() if any(g is kept for kept in backup_grads) else g for g in grads]
+    kept = {id(g) for g in backup_grads}
+    grads = [g.clone() if id(g) in kept else g for g in grads]
     torch._foreach_copy_(params, backup)
     return grads
 
