@@ -77,19 +77,18 @@ class MemorylessAdamW(MemorylessOptimizer):
     ) -> tuple[Any, list[Tensor]]:
         eps, wd = group["eps"], group["weight_decay"]
         if foreach:
-            magnitude = torch._foreach_abs(grads)
-            denom = torch._foreach_add(magnitude, eps)
+            denom = torch._foreach_abs(grads)
+            torch._foreach_add_(denom, eps)
             direction = torch._foreach_div(grads, denom)
             if wd != 0:
                 torch._foreach_add_(direction, params, alpha=wd)
         else:
-            magnitude = [g.abs() for g in grads]
-            denom = [m.add(eps) for m in magnitude]
+            denom = [g.abs().add_(eps) for g in grads]
             direction = [g.div(d) for g, d in zip(grads, denom)]
             if wd != 0:
                 for w, p in zip(direction, params):
                     w.add_(p, alpha=wd)
-        return {"magnitude": magnitude, "denom": denom, "direction": direction}, direction
+        return {"denom": denom, "direction": direction}, direction
 
     def _apply(
         self,
@@ -102,37 +101,35 @@ class MemorylessAdamW(MemorylessOptimizer):
         foreach: bool,
         stats: SquaredNorms,
     ) -> None:
-        h, scale = group["lr"], group["correction_scale"]
+        h, scale, eps = group["lr"], group["correction_scale"], group["eps"]
         beta1, beta2 = group["betas"]
         lag1, lag2 = adam_lag(beta1, n), adam_lag(beta2, n)
-        magnitude, denom, direction = context["magnitude"], context["denom"], context["direction"]
-        corrections: list[Tensor] = []
+        denom, direction = context["denom"], context["direction"]
+        # The correction (H·w) ⊙ [A/(|g|+ε) − B·|g|/(|g|+ε)²] with |g| = denom − ε is
+        # (H·w)/denom ⊙ [(A − B) + B·ε/denom]; it is formed in place in the H·w and denom buffers
+        # (fresh temporaries of this step): on CPU, new 10M-element buffers cost more than the math.
         if foreach:
             if products is not None:
-                # (H·w) ⊙ (A·(|g|+ε) − B·|g|)/(|g|+ε)²
-                corrections = torch._foreach_mul(denom, lag1)
-                torch._foreach_add_(corrections, magnitude, alpha=-lag2)
-                torch._foreach_div_(corrections, denom)
-                torch._foreach_div_(corrections, denom)
-                torch._foreach_mul_(corrections, products)
-                step = torch._foreach_add(direction, corrections, alpha=h * scale)
-            else:
-                step = direction
-            torch._foreach_add_(params, step, alpha=-h)
+                torch._foreach_reciprocal_(denom)
+                torch._foreach_mul_(products, denom)
+                torch._foreach_mul_(denom, lag2 * eps)
+                torch._foreach_add_(denom, lag1 - lag2)
+                torch._foreach_mul_(products, denom)
+                torch._foreach_add_(params, products, alpha=-h * h * scale)
+            torch._foreach_add_(params, direction, alpha=-h)
         else:
             for index, param in enumerate(params):
-                step = direction[index]
                 if products is not None:
-                    correction = denom[index].mul(lag1).add_(magnitude[index], alpha=-lag2)
-                    correction.div_(denom[index]).div_(denom[index]).mul_(products[index])
-                    corrections.append(correction)
-                    step = step.add(correction, alpha=h * scale)
-                param.add_(step, alpha=-h)
+                    inverse = denom[index].reciprocal_()
+                    products[index].mul_(inverse)
+                    products[index].mul_(inverse.mul_(lag2 * eps).add_(lag1 - lag2))
+                    param.add_(products[index], alpha=-h * h * scale)
+                param.add_(direction[index], alpha=-h)
         stats.add_norm("plain", h, direction)
         if products is not None:
-            stats.add_norm("correction", h * h * scale, corrections)
-            stats.add_dot("cosine", h * h * h * scale, direction, corrections)
-            stats.add_sum("penalty", h * scale * (lag1 - lag2), magnitude)
+            stats.add_norm("correction", h * h * scale, products)
+            stats.add_dot("cosine", h * h * h * scale, direction, products)
+            stats.add_sum("penalty", h * scale * (lag1 - lag2), grads, absolute=True)
 
     def _recipes(self, stats: SquaredNorms) -> dict[str, Any]:
         recipes = super()._recipes(stats)

@@ -80,15 +80,27 @@ def first_gradient(method: str, closure: Closure | None) -> Tensor | None:
 
 
 def _gradients_at(
-    params: Sequence[Tensor], shift: Sequence[Tensor], backup: Sequence[Tensor], closure: Closure, rng: RNGSnapshot
+    params: list[Tensor],
+    vectors: list[Tensor],
+    scale: Tensor,
+    backup: list[Tensor],
+    backup_grads: list[Tensor],
+    closure: Closure,
+    rng: RNGSnapshot,
 ) -> list[Tensor]:
-    torch._foreach_add_(list(params), list(shift))
+    """∇L at θ + scale·v; θ is copied back from ``backup`` afterwards (bit-exact)."""
+    # In place, one pass, no shift buffer: θ += v·scale (scale a 0-d tensor, so no host sync).
+    torch._foreach_addcmul_(params, vectors, [scale] * len(params))
     for param in params:
         param.grad = None
     rng.restore()
     call_closure(closure)
+    # Fresh tensors: the caller forms the difference in them in place. (A closure that hands back
+    # tensors it keeps, e.g. precomputed gradients, gets copies.)
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    torch._foreach_copy_(list(params), list(backup))
+    kept = {id(g) for g in backup_grads}
+    grads = [g.clone() if id(g) in kept else g for g in grads]
+    torch._foreach_copy_(params, backup)
     return grads
 
 
@@ -130,24 +142,24 @@ def _finite_difference(
 ) -> list[Tensor]:
     relative = radius if radius is not None else torch.finfo(params[0].dtype).eps ** (1 / 3 if central else 1 / 2)
     # All scalars stay tensors: no host sync inside the step.
+    device = params[0].device
     step_length = global_norm(params).clamp_min(1.0) * relative
     v_norm = global_norm(vectors)
-    scale = step_length / v_norm.clamp_min(torch.finfo(v_norm.dtype).tiny)  # shift = scale·v has norm r
-    shift = torch._foreach_mul(vectors, scale.to(params[0].device))
+    scale = (step_length / v_norm.clamp_min(torch.finfo(v_norm.dtype).tiny)).to(device)  # |scale·v| = r
     backup = [p.detach().clone() for p in params]
     saved_grads = [p.grad for p in params]
     after = RNGSnapshot(params)
-    grads_plus = _gradients_at(params, shift, backup, closure, rng)
+    # The differences are formed in place in the fresh gradient tensors (no extra buffers).
+    difference = _gradients_at(params, vectors, scale, backup, saved_grads, closure, rng)
     if central:
-        torch._foreach_neg_(shift)
-        grads_minus = _gradients_at(params, shift, backup, closure, rng)
-        difference = torch._foreach_sub(grads_plus, grads_minus)
+        minus = _gradients_at(params, vectors, -scale, backup, saved_grads, closure, rng)
+        torch._foreach_sub_(difference, minus)
         divisor = 2.0 * scale
     else:
-        difference = torch._foreach_sub(grads_plus, saved_grads)
+        torch._foreach_sub_(difference, saved_grads)
         divisor = scale
     for param, grad in zip(params, saved_grads):
         param.grad = grad
     after.restore()
-    torch._foreach_div_(difference, divisor.to(params[0].device))
+    torch._foreach_div_(difference, divisor)
     return difference

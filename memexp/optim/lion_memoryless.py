@@ -114,7 +114,7 @@ class MemorylessLion(MemorylessOptimizer):
             stats.add_norm("correction", factor, products)
             stats.add_dot("cosine", factor, grads, products)
             stats.add_mean("flips", [d != g.sign() for d, g in zip(directions, grads)])
-            stats.add_sum("penalty", factor, [g.abs() for g in grads])
+            stats.add_sum("penalty", factor, grads, absolute=True)
         self._decay_groups.append((wd, params))
 
     def step(self, closure: Any = None) -> Tensor | None:

@@ -66,7 +66,7 @@ class SquaredNorms:
     def __init__(self) -> None:
         self.norm_pieces: dict[str, list[tuple[float, list[Tensor]]]] = {}
         self.dot_pieces: dict[str, list[tuple[float, list[Tensor], list[Tensor]]]] = {}
-        self.sum_pieces: dict[str, list[tuple[float, list[Tensor]]]] = {}
+        self.sum_pieces: dict[str, list[tuple[float, list[Tensor], bool]]] = {}
         self.count_pieces: dict[str, list[list[Tensor]]] = {}
 
     def add_norm(self, name: str, factor: float, tensors: list[Tensor]) -> None:
@@ -75,15 +75,16 @@ class SquaredNorms:
     def add_dot(self, name: str, factor: float, left: list[Tensor], right: list[Tensor]) -> None:
         self.dot_pieces.setdefault(name, []).append((factor, left, right))
 
-    def add_sum(self, name: str, factor: float, tensors: list[Tensor]) -> None:
-        self.sum_pieces.setdefault(name, []).append((factor, tensors))
+    def add_sum(self, name: str, factor: float, tensors: list[Tensor], absolute: bool = False) -> None:
+        self.sum_pieces.setdefault(name, []).append((factor, tensors, absolute))
 
     def add_mean(self, name: str, tensors: list[Tensor]) -> None:
         self.count_pieces.setdefault(name, []).append(tensors)
 
     def total(self, name: str) -> Tensor:
         total = [
-            factor * torch.stack([t.sum() for t in tensors]).sum() for factor, tensors in self.sum_pieces.get(name, [])
+            factor * torch.stack([(t.abs() if absolute else t).sum() for t in tensors]).sum()
+            for factor, tensors, absolute in self.sum_pieces.get(name, [])
         ]
         return torch.stack(total).sum() if total else torch.zeros(())
 

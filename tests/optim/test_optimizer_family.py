@@ -154,10 +154,13 @@ def test_bad_values_are_one_line_errors_naming_the_key(compose, override: str, k
         check_config(compose([override, f"{key}={bad}"]))
 
 
-@pytest.mark.parametrize("name", CONFIG_NAMES)
+@pytest.mark.parametrize(
+    "name", [*CONFIG_NAMES, "sgd_memoryless optimizer.hvp=double_backward", "lion_k optimizer.kernel=linf"]
+)
 def test_memexp_train_runs_each_optimizer(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from memexp import cli
 
+    name, *extra = name.split()
     run_dir = tmp_path / name
     monkeypatch.setenv("WANDB_MODE", "disabled")
     code = cli.main(
@@ -171,6 +174,7 @@ def test_memexp_train_runs_each_optimizer(name: str, tmp_path: Path, monkeypatch
             "trainer.progress=off",
             "logger=none",
             f"hydra.run.dir={run_dir}",
+            *extra,
         ]
     )
     assert code == 0
