@@ -143,6 +143,9 @@ class Correction:
     betas: list[tuple[float, float]]  # per coordinate group: (beta1, beta2) or (momentum, 0)
     group_index: Tensor
     eps: Tensor
+    # The coefficient at unit step size: its sign is the memory's direction even where the
+    # schedule's lr is 0 (e.g. the last step of a cosine schedule), when ``coef`` itself is 0.
+    unit_coef: Tensor | None = None
 
     @staticmethod
     def build(
@@ -182,6 +185,7 @@ class Correction:
             betas=[betas_by_group[i] for i in range(len(betas_by_group))],
             group_index=flat(group_ids).long(),
             eps=flat([float(g.get("eps", 0.0)) for g in groups]),
+            unit_coef=flat([group_correction(family, optimizer, {**g, "lr": 1.0}, n).coef for g in groups]),
         )
 
     def summary(self) -> dict[str, float]:
@@ -191,9 +195,12 @@ class Correction:
         ).tolist()
         # The sign is the coefficient's (the memory's direction), not the value's: at a stationary
         # point the value is 0 but the memory still (anti-)regularizes.
+        direction = weighted_coef
+        if self.unit_coef is not None:
+            direction = self.unit_coef.mean(dtype=torch.float64).item()
         return {
             "geom/correction": value,
-            "geom/correction_sign": sign(weighted_coef),
+            "geom/correction_sign": sign(direction),
             "geom/correction_coef": weighted_coef,
         }
 

@@ -217,3 +217,24 @@ def test_metrics_leave_training_state_untouched() -> None:
     assert model.training
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+def test_correction_sign_is_the_memorys_direction_even_at_lr_zero() -> None:
+    """At the end of a cosine schedule lr = 0, so the correction's value is 0, but its sign still
+    says which way the memory pushes (heavy ball and Lion regularize, AdamW with b1 < b2 does not)."""
+    import torch as _torch
+
+    from memexp.metrics.probe import Correction
+
+    for make, expected in (
+        (lambda p: _torch.optim.SGD(p, lr=0.0, momentum=0.9), 1.0),
+        (lambda p: _torch.optim.AdamW(p, lr=0.0, betas=(0.9, 0.999)), -1.0),
+    ):
+        param = _torch.nn.Parameter(_torch.tensor([1.0, -2.0]))
+        optimizer = make([param])
+        family = "heavy_ball" if isinstance(optimizer, _torch.optim.SGD) else "adam"
+        gradient = _torch.tensor([0.5, 0.25])
+        correction = Correction.build(optimizer, family, [optimizer.param_groups[0]], [param], gradient, 10)
+        summary = correction.summary()
+        assert summary["geom/correction"] == 0.0
+        assert summary["geom/correction_sign"] == expected
