@@ -15,9 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Evaluation holds one batch of logits at a time; keep it under this many elements (512 MiB in fp32).
+MAX_EVAL_LOGITS = 2**27
+
 
 class Task:
     name: str
+
+    def eval_batch_size(self, requested: int, input_shape: tuple[int, ...], num_classes: int) -> int:
+        """The evaluation batch size, capped so one batch of logits stays under MAX_EVAL_LOGITS."""
+        per_example = math.prod(input_shape[:1]) * num_classes if self.name == "lm" else num_classes
+        return max(1, min(requested, MAX_EVAL_LOGITS // max(1, per_example)))
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError

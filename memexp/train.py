@@ -176,7 +176,9 @@ def evaluate_gap(run: Run) -> dict[str, float]:
             run.task,
             distributed.shard(x),
             distributed.shard(y),
-            run.cfg.trainer.eval_batch_size,
+            run.task.eval_batch_size(
+                run.cfg.trainer.eval_batch_size, run.data.spec.input_shape, run.data.spec.num_classes
+            ),
             run.autocast,
             reduce=distributed.all_reduce_sum,
         )

@@ -1,0 +1,42 @@
+"""Tasks: losses, the gap, and evaluation batches that fit in memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memexp.tasks import MAX_EVAL_LOGITS, Classification, LanguageModelling, evaluate
+
+
+def test_lm_eval_batches_are_capped_by_logit_count() -> None:
+    lm = LanguageModelling()
+    # GPT-2 vocabulary, 1024-token blocks: 1024 blocks would be 5e10 logits; 2 fit under 2**27.
+    assert lm.eval_batch_size(1024, (1024,), 50304) == MAX_EVAL_LOGITS // (1024 * 50304) == 2
+    assert lm.eval_batch_size(1024, (64,), 256) == 1024  # byte-level tokens: no cap needed
+    assert Classification().eval_batch_size(1024, (3, 32, 32), 10) == 1024
+
+
+def test_evaluate_means_and_lm_gap() -> None:
+    lm = LanguageModelling()
+    logits = torch.zeros(4, 3, 5)
+    logits[..., 1] = 2.0  # predicts token 1 everywhere
+    targets = torch.ones(4, 3, dtype=torch.long)
+    targets[0, 0] = 0
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits[x[:, 0]]
+
+    index = torch.arange(4).unsqueeze(1).repeat(1, 3)
+    result = evaluate(Fixed(), lm, index, targets, batch_size=3)
+    p_right = math.exp(2) / (math.exp(2) + 4)
+    p_wrong = 1 / (math.exp(2) + 4)
+    expected_loss = (11 * -math.log(p_right) - math.log(p_wrong)) / 12
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-6)
+    assert result["acc"] == pytest.approx(11 / 12)
+    assert result["ppl"] == pytest.approx(math.exp(expected_loss), rel=1e-6)
+    gap = lm.gap({"loss": 1.0, "acc": 0.5, "ppl": math.e}, {"loss": 1.5, "acc": 0.4, "ppl": math.exp(1.5)})
+    assert gap["loss"] == pytest.approx(0.5) and gap["acc"] == pytest.approx(-0.1)
+    assert gap["ppl_ratio"] == pytest.approx(math.exp(0.5))
