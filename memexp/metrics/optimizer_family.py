@@ -44,6 +44,10 @@ def optimizer_family(optimizer: torch.optim.Optimizer) -> str:
 
 
 def has_adaptive_beta(optimizer: torch.optim.Optimizer) -> bool:
+    # The adaptive-memory optimizers carry `rho` and `adaptive` in their groups from construction on, so
+    # they are recognised before their first step too (when `last_stats` is still empty).
+    if any("rho" in group and "adaptive" in group for group in optimizer.param_groups):
+        return True
     stats = getattr(optimizer, "last_stats", None)
     return isinstance(stats, dict) and any("beta" in str(key) for key in stats)
 

@@ -238,3 +238,14 @@ def test_correction_sign_is_the_memorys_direction_even_at_lr_zero() -> None:
         summary = correction.summary()
         assert summary["geom/correction"] == 0.0
         assert summary["geom/correction_sign"] == expected
+
+
+def test_adaptive_memory_is_recognised_before_its_first_step() -> None:
+    import torch as _torch
+
+    from memexp.metrics.optimizer_family import optimizer_family
+    from memexp.optim import AdaptiveMemoryAdamW, AdaptiveMemorySGD
+
+    for cls in (AdaptiveMemorySGD, AdaptiveMemoryAdamW):
+        optimizer = cls([_torch.nn.Parameter(_torch.zeros(3))], lr=0.1)
+        assert optimizer_family(optimizer) == "adaptive_memory", cls.__name__
