@@ -95,7 +95,7 @@ def main() -> int:
         table.add_column(column)
     for index, (job_overrides, job_cfg) in enumerate(jobs):
         key = sweep.job_key(job_cfg)
-        previous = sweep.find_previous(sweeps_root, key, exclude=sweep_dir / "__planned__")
+        previous = sweep.find_previous(sweeps_root, key)
         action = "train"
         if previous is not None:
             action = f"{'reuse' if previous.status == 'finished' else 'resume'} {previous.run_dir}"

@@ -59,13 +59,13 @@ class PreviousJob:
     has_checkpoint: bool
 
 
-def find_previous(sweeps_root: Path, key: str, exclude: Path) -> PreviousJob | None:
+def find_previous(sweeps_root: Path, key: str, exclude: Path | None = None) -> PreviousJob | None:
     """The most useful earlier job with this key: a finished one if any, else the one with the
     newest checkpoint."""
     finished, resumable = [], []
     for key_file in sweeps_root.glob(f"*/*/{KEY_FILE}"):
         run_dir = key_file.parent
-        if run_dir.resolve() == exclude.resolve() or key_file.read_text().strip() != key:
+        if (exclude is not None and run_dir.resolve() == exclude.resolve()) or key_file.read_text().strip() != key:
             continue
         summary = read_summary(run_dir) or {}
         status = summary.get("status", "missing")

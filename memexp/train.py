@@ -230,8 +230,11 @@ def train(
         progress.message(f"resumed from checkpoint at step {step}")
     params = [p for p in run.model.parameters() if p.requires_grad]
     world, is_main = distributed.world_size(), distributed.rank() == 0
-    if not is_main:
-        checkpoints.save = lambda state, step: checkpoints.path_for(step)  # type: ignore[method-assign]
+
+    def save_checkpoint(step: int) -> None:
+        if is_main:  # ranks hold identical state; one writer
+            checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+
     loss_sum, loss_count = torch.zeros((), device=run.device), 0
     x: Tensor = torch.empty(0)
     y: Tensor = torch.empty(0)
@@ -254,7 +257,8 @@ def train(
             run.model.train()
             while step < run.max_steps:
                 x, y = next(run.batches)
-                x, y = distributed.shard(x), distributed.shard(y)  # this rank's slice of the global batch
+                if world > 1:
+                    x, y = distributed.shard(x), distributed.shard(y)  # this rank's slice of the global batch
                 measure = geometry is not None and geometry.due(step + 1)
                 if measure:
                     geometry.remember_weights()  # for the update-to-weight ratio; metrics steps only
@@ -282,10 +286,10 @@ def train(
                     last_eval = evaluate_gap(run)
                     logger.log(last_eval, step)
                 if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and step < run.max_steps:
-                    checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+                    save_checkpoint(step)
                 if stop.pending is not None and step < run.max_steps:
                     # Preemption / time limit: checkpoint a consistent state, then let the scheduler act.
-                    checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+                    save_checkpoint(step)
                     summary.update(step=step, stopped_by=stop.name, wall_time_s=time.perf_counter() - started)
                     logger.summary(summary)
                     progress.message(f"{stop.name} at step {step}: checkpoint saved")
@@ -295,7 +299,7 @@ def train(
             if status == "running":
                 status = "finished" if all(math.isfinite(v) for v in last_eval.values()) else "diverged"
             if status == "finished":
-                checkpoints.save(training_state(run, step, time.perf_counter() - started), step)
+                save_checkpoint(step)
             summary.update(
                 status=status,
                 step=step,
@@ -371,6 +375,12 @@ def open_loggers(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path) -> list[Met
     return loggers
 
 
+def objective(summary: dict[str, Any] | None) -> float | None:
+    """What the Hydra task returns (for sweepers that optimise): the final held-out loss."""
+    value = (summary or {}).get("val/loss")
+    return value if isinstance(value, float) else None
+
+
 def run_job(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -395,18 +405,14 @@ def run_job(cfg: DictConfig) -> float | None:
             sweep.adopt_previous(previous, run_dir)
             if previous.status == "finished":
                 print(f"memexp: job already finished in {previous.run_dir}; reusing its results")
-                summary = sweep.read_summary(run_dir) or {}
-                value = summary.get("val/loss")
-                return value if isinstance(value, float) else None
+                return objective(sweep.read_summary(run_dir))
             print(f"memexp: resuming the interrupted job in {previous.run_dir}")
     if run_cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
         # Data parallel: this process only launches the ranks (they share this run dir).
         code = distributed.launch(run_cfg.trainer.devices, list(hydra_cfg.overrides.task), run_dir)
         if code != 0:
             raise RuntimeError(f"data-parallel training on {run_cfg.trainer.devices} processes exited with {code}")
-        summary = sweep.read_summary(run_dir) or {}
-        value = summary.get("val/loss")
-        return value if isinstance(value, float) else None
+        return objective(sweep.read_summary(run_dir))
     if distributed.rank() != 0:
         train(run, run_dir, [], ProgressReporter(run.max_steps, Progress.off))
         return None
@@ -421,8 +427,7 @@ def run_job(cfg: DictConfig) -> float | None:
         sys.exit(128 + stopped.signum)
     if run_cfg.trainer.progress.value != "off":
         print_summary_table(summary)
-    value = summary.get("val/loss")
-    return value if isinstance(value, float) else None
+    return objective(summary)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")

@@ -100,6 +100,16 @@ class MemexpOptimizer(torch.optim.Optimizer):
             grads.append(param.grad)
         return params, grads
 
+    def _zero_state(self, params: list[Tensor], name: str) -> list[Tensor]:
+        """The state buffer ``name`` of each parameter, created as zeros on first use."""
+        buffers = []
+        for param in params:
+            state = self.state[param]
+            if name not in state:
+                state[name] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            buffers.append(state[name])
+        return buffers
+
 
 def call_closure(closure: Closure | None, *, create_graph: bool = False) -> Tensor | None:
     """Run the closure with gradients enabled (``step`` itself runs under ``no_grad``)."""

@@ -77,12 +77,7 @@ class Lion(MemexpOptimizer):
             params, grads = self._params_with_grad(group)
             if not params:
                 continue
-            momenta = []
-            for param in params:
-                state = self.state[param]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                momenta.append(state["exp_avg"])
+            momenta = self._zero_state(params, "exp_avg")
             beta1, beta2 = group["betas"]
             update = _lion_foreach if self._use_foreach(group, params) else _lion_single
             directions += update(params, grads, momenta, group["lr"], beta1, beta2, group["weight_decay"])

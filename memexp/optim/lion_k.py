@@ -134,12 +134,7 @@ class LionK(MemexpOptimizer):
             params, grads = self._params_with_grad(group)
             if not params:
                 continue
-            momenta = []
-            for param in params:
-                state = self.state[param]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                momenta.append(state["exp_avg"])
+            momenta = self._zero_state(params, "exp_avg")
             beta1, beta2 = group["betas"]
             lr, wd = group["lr"], group["weight_decay"]
             foreach = self._use_foreach(group, params)
