@@ -130,7 +130,7 @@ def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
 
     jobs = sweep_jobs(sweep_dir) if sweep_dir.is_dir() else []
     table = Table(title=f"sweep {sweep_dir}")
-    for column in ("job", "status", "steps", "val/loss", "gap/loss", "gap/acc", "overrides"):
+    for column in ("job", "status", "steps", "val/loss", "test/loss", "gap/loss", "gap/acc", "overrides"):
         table.add_column(column)
     counts: dict[str, int] = {}
     for job_dir, summary in jobs:
@@ -138,7 +138,7 @@ def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
         counts[status] = counts.get(status, 0) + 1
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else "?"
-        cells = [summary.get(k) for k in ("val/loss", "gap/loss", "gap/acc")]
+        cells = [summary.get(k) for k in ("val/loss", "test/loss", "gap/loss", "gap/acc")]
         note = " (reused)" if summary.get("reused_from") else ""
         table.add_row(
             job_dir.name,

@@ -1,8 +1,8 @@
 """What a model is trained to do: the loss, the evaluation metrics and the generalization gap.
 
 The task comes with the data (``DataSpec.task``). The loop and the gap work the same for every task:
-``gap/<metric> = val/<metric> - train/<metric>``, both measured by :func:`evaluate` in eval mode on
-equally sized sets.
+``gap/<metric> = test/<metric> - train/<metric>``, both measured by :func:`evaluate` in eval mode on
+equally sized sets (``val/*``, the validation split, is measured the same way but is not part of the gap).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class Task:
     def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
         return {"loss": loss, "acc": accuracy}
 
-    def gap(self, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
-        return {"loss": val["loss"] - train["loss"], "acc": val["acc"] - train["acc"]}
+    def gap(self, train: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+        return {"loss": test["loss"] - train["loss"], "acc": test["acc"] - train["acc"]}
 
 
 class Classification(Task):
@@ -65,9 +65,9 @@ class LanguageModelling(Task):
     def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
         return {"loss": loss, "acc": accuracy, "ppl": math.exp(min(loss, 50.0))}
 
-    def gap(self, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
-        # The perplexity gap is a ratio: exp(val_loss - train_loss).
-        return {**super().gap(train, val), "ppl_ratio": val["ppl"] / train["ppl"]}
+    def gap(self, train: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+        # The perplexity gap is a ratio: exp(test_loss - train_loss).
+        return {**super().gap(train, test), "ppl_ratio": test["ppl"] / train["ppl"]}
 
 
 TASKS: dict[str, Callable[[], Task]] = {"classification": Classification, "lm": LanguageModelling}

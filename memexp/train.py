@@ -1,7 +1,7 @@
 """`memexp train`: one training run (or one job of a sweep), readable top to bottom.
 
     compose config (Hydra) -> check values -> build data, model, optimizer (nothing written yet)
-    -> open loggers -> loop: closure step, log, evaluate train-subset vs held-out, checkpoint
+    -> open loggers -> loop: closure step, log, evaluate train subset / validation / test, checkpoint
     -> summary.json + final table.
 
 A bad value stops before anything is written (Hydra's fresh run dir is removed again). A
@@ -168,8 +168,8 @@ def wrap_model(model: nn.Module, device: torch.device, compile_model: bool) -> n
 
 
 def evaluate_gap(run: Run) -> dict[str, float]:
-    """train/* on a fixed training subset and val/* on the held-out set, same size, same code, eval
-    mode; gap/* = held-out minus train."""
+    """train/* on a fixed training subset, val/* on the validation split and test/* on the held-out
+    test split, same code, eval mode; gap/* = test minus train (equally sized sets)."""
     results = {
         split: evaluate(
             run.forward,
@@ -185,7 +185,7 @@ def evaluate_gap(run: Run) -> dict[str, float]:
         for split, (x, y) in run.eval_sets.items()
     }
     logged = {f"{split}/{name}": value for split, values in results.items() for name, value in values.items()}
-    logged.update({f"gap/{name}": value for name, value in run.task.gap(results["train"], results["val"]).items()})
+    logged.update({f"gap/{name}": value for name, value in run.task.gap(results["train"], results["test"]).items()})
     return logged
 
 
@@ -376,7 +376,8 @@ def open_loggers(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path) -> list[Met
 
 
 def objective(summary: dict[str, Any] | None) -> float | None:
-    """What the Hydra task returns (for sweepers that optimise): the final held-out loss."""
+    """What the Hydra task returns (for sweepers that optimise): the final validation loss (never
+    the test split's: selection must not see it)."""
     value = (summary or {}).get("val/loss")
     return value if isinstance(value, float) else None
 

@@ -71,15 +71,15 @@ def build_bench_data(cfg: BenchDataConfig, device: torch.device) -> Any:
             spec,
             (images, labels),
             (images[:half], labels[:half]),
+            (images[half:], labels[half:]),
             augment=RandomCropFlip(4, True, (-mean / std).to(device)),
         )
     if cfg.vocab == 256:
         stdlib = StdlibTextConfig(root=cfg.data_root, block_size=cfg.block_size, eval_blocks=4)
         return DATASETS.build("stdlib_text", stdlib, device)
     tokens = np.random.default_rng(0).integers(0, cfg.vocab, 4_000_000).astype(np.uint16)
-    return TokenBlocks(
-        "random_tokens", tokens[:3_600_000], tokens[3_600_000:], cfg.vocab, cfg.block_size, device, eval_blocks=4
-    )
+    streams = {"train": tokens[:3_200_000], "val": tokens[3_200_000:3_600_000], "test": tokens[3_600_000:]}
+    return TokenBlocks("random_tokens", streams, cfg.vocab, cfg.block_size, device, eval_blocks=4)
 
 
 def model_config(preset: str) -> Any:

@@ -3,8 +3,14 @@
 A dataset builder (registered in :data:`DATASETS`) takes its config dataclass and the training
 device and returns a :class:`DataBundle`: a :class:`DataSpec` that the model builder reads (input
 shape, number of classes or vocabulary size, task), an endless training batch iterator with a
-resumable state, and two evaluation sets of the same size (a fixed subset of the training data and
-the held-out data) so the generalization gap compares like with like.
+resumable state, and three evaluation sets (:data:`SPLITS`):
+
+- ``train``: a fixed subset of the data that is trained on, of the same size as ``test``, so the
+  generalization gap ``gap/* = test/* - train/*`` compares like with like;
+- ``val``: the validation split, carved out of the training data (``data.val_fraction``, fixed by
+  ``data.split_seed``) and never trained on; hyperparameter selection (``memexp tune``) reads only it;
+- ``test``: the held-out split (a dataset's official test split, or a fixed part carved out before
+  anything else); the reported held-out figures and the gap use it, never the split selection saw.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,6 +34,11 @@ class DataConfig:
 
     def check(self) -> None:
         pass
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """Every dataset carves its validation split out of the training data: it must exist."""
+    require(0.0 < val_fraction < 1.0, "val_fraction", val_fraction, "a number in (0, 1) (the validation part)")
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,8 @@ class DataBundle(ABC):
 
     @abstractmethod
     def eval_sets(self, max_examples: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{"train": (x, y), "val": (x, y)}`` with the same number of examples in each; the train
-        part is a fixed subset of the training data. ``max_examples > 0`` caps both."""
+        """``{"train": (x, y), "val": (x, y), "test": (x, y)}`` (see the module docstring); ``train``
+        and ``test`` hold the same number of examples. ``max_examples > 0`` caps every set."""
 
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -115,47 +127,66 @@ class TensorBatchIterator(BatchIterator):
         self.augment_generator.set_state(state["augment_generator"])
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A deterministic train / held-out split of ``range(n)`` from ``seed``."""
-    n_val = round(n * val_fraction)
-    if not 0 < n_val < n:
-        raise ConfigValueError("data.val_fraction", val_fraction, f"a fraction leaving both splits non-empty (n={n})")
+def split_indices(n: int, fraction: float, seed: int, key: str = "data.val_fraction") -> tuple[Tensor, Tensor]:
+    """A deterministic split of ``range(n)`` from ``seed``: (kept, carved out), the carved part being
+    ``fraction`` of ``n``. ``key`` names the config key in the error when a part would be empty."""
+    n_carved = round(n * fraction)
+    if not 0 < n_carved < n:
+        raise ConfigValueError(key, fraction, f"a fraction leaving both parts non-empty (n={n})")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[n_val:].sort().values, order[:n_val].sort().values
+    return order[n_carved:].sort().values, order[:n_carved].sort().values
+
+
+ArrayT = TypeVar("ArrayT", Tensor, np.ndarray)
+
+
+def carve(
+    arrays: tuple[ArrayT, ...], fraction: float, seed: int, key: str
+) -> tuple[tuple[ArrayT, ...], tuple[ArrayT, ...]]:
+    """Split parallel arrays (tensors or numpy arrays, first dimension = examples) into (kept, carved
+    out) with :func:`split_indices`."""
+    kept, carved = split_indices(len(arrays[0]), fraction, seed, key)
+
+    def take(array: ArrayT, index: Tensor) -> ArrayT:
+        return array[index.numpy()] if isinstance(array, np.ndarray) else array.index_select(0, index.to(array.device))
+
+    return tuple(take(a, kept) for a in arrays), tuple(take(a, carved) for a in arrays)
 
 
 class InMemoryClassification(DataBundle):
-    """Image (or any tensor) classification data held as tensors on the training device."""
+    """Image (or any tensor) classification data held as tensors on the training device: the
+    training data (validation already removed), the validation split and the held-out test split."""
 
     def __init__(
         self,
         spec: DataSpec,
         train: tuple[Tensor, Tensor],
         val: tuple[Tensor, Tensor],
+        test: tuple[Tensor, Tensor],
         augment: Augment | None = None,
         eval_seed: int = 0,
     ) -> None:
-        self.spec, self.train, self.val, self.augment = spec, train, val, augment
+        self.spec, self.train, self.val, self.test, self.augment = spec, train, val, test, augment
         self.eval_seed = eval_seed
 
     def train_iterator(self, batch_size: int, seed: int) -> BatchIterator:
         return TensorBatchIterator(*self.train, batch_size=batch_size, seed=seed, augment=self.augment)
 
     def eval_sets(self, max_examples: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-        n = min(self.val[0].shape[0], self.train[0].shape[0])
-        if max_examples > 0:
-            n = min(n, max_examples)
+        def cap(n: int) -> int:
+            return min(n, max_examples) if max_examples > 0 else n
+
+        # train and test the same size (the gap compares like with like); val as large as it is.
+        sizes = {"train": cap(min(self.test[0].shape[0], self.train[0].shape[0])), "val": cap(self.val[0].shape[0])}
+        sizes["test"] = sizes["train"]
         # The same fixed subsets every time (and for every optimizer and seed): the split is part of
         # the data, not of the run.
         generator = torch.Generator().manual_seed(self.eval_seed)
-        train_index = torch.randperm(self.train[0].shape[0], generator=generator)[:n].sort().values
-        val_index = torch.randperm(self.val[0].shape[0], generator=generator)[:n].sort().values
-        device = self.train[0].device
-        train_index, val_index = train_index.to(device), val_index.to(device)
-        return {
-            "train": (self.train[0].index_select(0, train_index), self.train[1].index_select(0, train_index)),
-            "val": (self.val[0].index_select(0, val_index), self.val[1].index_select(0, val_index)),
-        }
+        sets = {}
+        for split, (x, y) in (("train", self.train), ("val", self.val), ("test", self.test)):
+            index = torch.randperm(x.shape[0], generator=generator)[: sizes[split]].sort().values.to(x.device)
+            sets[split] = (x.index_select(0, index), y.index_select(0, index))
+        return sets
 
 
 # A builder takes the dataset's config dataclass instance and the training device.

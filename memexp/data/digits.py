@@ -14,18 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memexp.data.base import DATASETS, DataConfig, DataSpec, InMemoryClassification, split_indices
+from memexp.data.base import DATASETS, DataConfig, DataSpec, InMemoryClassification, carve, check_val_fraction
 from memexp.errors import DataNotFoundError, require
 
 
 @dataclass
 class DigitsConfig(DataConfig):
     name: str = "digits"
-    val_fraction: float = 0.25
-    split_seed: int = 0  # fixed across training seeds: every run sees the same split
+    test_fraction: float = 0.25  # the held-out test split, carved out first
+    val_fraction: float = 0.15  # the validation split, carved out of what remains for training
+    split_seed: int = 0  # fixed across training seeds: every run sees the same splits
 
     def check(self) -> None:
-        require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in (0, 1)")
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "a number in (0, 1)")
+        check_val_fraction(self.val_fraction)
 
 
 def digits_file() -> Path:
@@ -51,16 +53,15 @@ def build_digits(cfg: DigitsConfig, device: torch.device) -> InMemoryClassificat
     pixels, targets = load_digits_arrays()
     images = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0  # (N, 1, 8, 8)
     labels = torch.tensor(targets, dtype=torch.long)
-    train_index, val_index = split_indices(len(labels), cfg.val_fraction, cfg.split_seed)
-    # Normalise with the training split's statistics only.
-    mean, std = images[train_index].mean(), images[train_index].std()
-    images = ((images - mean) / std).to(device)
-    labels = labels.to(device)
-    train_index, val_index = train_index.to(device), val_index.to(device)
+    (images, labels), test = carve((images, labels), cfg.test_fraction, cfg.split_seed, "data.test_fraction")
+    train, val = carve((images, labels), cfg.val_fraction, cfg.split_seed, "data.val_fraction")
+    # Normalise with the training data's statistics only (the validation and test splits unseen).
+    mean, std = train[0].mean(), train[0].std()
+
+    def prepare(split: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return ((split[0] - mean) / std).to(device), split[1].to(device)
+
     spec = DataSpec(name="digits", task="classification", input_shape=(1, 8, 8), num_classes=10)
     return InMemoryClassification(
-        spec,
-        train=(images[train_index], labels[train_index]),
-        val=(images[val_index], labels[val_index]),
-        eval_seed=cfg.split_seed,
+        spec, train=prepare(train), val=prepare(val), test=prepare(test), eval_seed=cfg.split_seed
     )

@@ -6,8 +6,9 @@ language modelling (``data=hf_text``).
 ``data.data_files``, or a Hub name (which needs a network the first time and is then cached by
 ``datasets`` itself). Images are decoded once into device tensors like the torchvision datasets
 (same normalisation and batch augmentation); text goes through the same tokenizers and memory-mapped
-token cache as ``text_file``. The held-out set is ``val_split`` when given, else a fixed random part
-of the training split (images) or the tail of the token stream (text).
+token cache as ``text_file``. The held-out test split is ``test_split`` when given, else a fixed random
+part of the training split (images, ``test_fraction``) or the tail of the token stream (text); the
+validation split is carved out of what remains for training (``val_fraction``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from memexp.data.augment import RandomCropFlip
-from memexp.data.base import DATASETS, DataConfig, DataSpec, InMemoryClassification, split_indices
-from memexp.data.images import channel_stats, to_tensor
+from memexp.data.base import DATASETS, DataConfig, InMemoryClassification, carve, check_val_fraction
+from memexp.data.images import image_bundle
 from memexp.data.text import TextDataConfig, TokenBlocks, load_token_stream, token_blocks_from_stream
 from memexp.errors import ConfigValueError, DataNotFoundError, require
 
@@ -33,7 +33,7 @@ class HFSourceConfig:
     data_files: Any = None  # a path, a list of paths, or {split: path(s)}
     config_name: str | None = None  # load_dataset's second argument (a dataset's configuration)
     train_split: str = "train"
-    val_split: str | None = None  # None: carve the held-out set out of train_split
+    test_split: str | None = None  # the held-out split; None: carve it out of train_split (test_fraction)
     cache_dir: str | None = None  # datasets' cache (default: $HF_DATASETS_CACHE)
 
 
@@ -73,7 +73,7 @@ def load_split(cfg: HFSourceConfig, split: str) -> Any:
         ) from None
     except ValueError as error:  # an unknown split, a bad config name
         raise ConfigValueError(
-            "data.train_split" if split == cfg.train_split else "data.val_split", split, str(error).splitlines()[0]
+            "data.train_split" if split == cfg.train_split else "data.test_split", split, str(error).splitlines()[0]
         ) from None
 
 
@@ -94,7 +94,8 @@ class HFImagesConfig(DataConfig, HFSourceConfig):
     name: str = "hf_images"
     image_column: str = "image"
     label_column: str = "label"
-    val_fraction: float = 0.1  # used when val_split is None
+    test_fraction: float = 0.1  # used when test_split is None
+    val_fraction: float = 0.1  # the validation split, carved out of the training data
     split_seed: int = 0
     augment: bool = False
     crop_padding: int = 4
@@ -102,7 +103,8 @@ class HFImagesConfig(DataConfig, HFSourceConfig):
     normalize: bool = True
 
     def check(self) -> None:
-        require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in (0, 1)")
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "a number in (0, 1)")
+        check_val_fraction(self.val_fraction)
         require(self.crop_padding >= 0, "crop_padding", self.crop_padding, "an integer >= 0")
 
 
@@ -130,37 +132,17 @@ def images_of(dataset: Any, cfg: HFImagesConfig) -> tuple[np.ndarray, np.ndarray
 def build_hf_images(cfg: HFImagesConfig, device: torch.device) -> InMemoryClassification:
     check_source(cfg)
     train = load_split(cfg, cfg.train_split)
-    train_images, train_labels = images_of(train, cfg)
-    if cfg.val_split is None:
-        train_index, val_index = split_indices(len(train_labels), cfg.val_fraction, cfg.split_seed)
-        val_images, val_labels = train_images[val_index.numpy()], train_labels[val_index.numpy()]
-        train_images, train_labels = train_images[train_index.numpy()], train_labels[train_index.numpy()]
+    train_arrays = images_of(train, cfg)
+    if cfg.test_split is None:
+        train_arrays, test = carve(train_arrays, cfg.test_fraction, cfg.split_seed, "data.test_fraction")
     else:
-        val_images, val_labels = images_of(load_split(cfg, cfg.val_split), cfg)
+        test = images_of(load_split(cfg, cfg.test_split), cfg)
+    train_arrays, val = carve(train_arrays, cfg.val_fraction, cfg.split_seed, "data.val_fraction")
     label_feature = train.features[cfg.label_column]
-    num_classes = getattr(label_feature, "num_classes", None) or int(max(train_labels.max(), val_labels.max())) + 1
-    x_train, x_val = to_tensor(train_images), to_tensor(val_images)
-    fill = torch.zeros(x_train.shape[1])
-    if cfg.normalize:
-        mean, std = channel_stats(x_train)
-        std = std.clamp_min(1e-6)
-        x_train = (x_train - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        x_val = (x_val - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        fill = -mean / std
-    augment = RandomCropFlip(cfg.crop_padding, cfg.hflip, fill.to(device)) if cfg.augment else None
-    spec = DataSpec(
-        name=Path(cfg.path).name or cfg.path,
-        task="classification",
-        input_shape=tuple(x_train.shape[1:]),
-        num_classes=num_classes,
+    num_classes = getattr(label_feature, "num_classes", None) or int(
+        max(train_arrays[1].max(), val[1].max(), test[1].max()) + 1
     )
-    return InMemoryClassification(
-        spec,
-        train=(x_train.to(device), torch.from_numpy(train_labels).to(device)),
-        val=(x_val.to(device), torch.from_numpy(val_labels).to(device)),
-        augment=augment,
-        eval_seed=cfg.split_seed,
-    )
+    return image_bundle(Path(cfg.path).name or cfg.path, num_classes, train_arrays, val, test, cfg, device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,18 +176,15 @@ def build_hf_text(cfg: HFTextConfig, device: torch.device) -> TokenBlocks:
     check_source(cfg)
     name = Path(cfg.path).name or cfg.path
     train = hf_token_stream(cfg, cfg.train_split)
-    if cfg.val_split is None:
+    if cfg.test_split is None:
         return token_blocks_from_stream(name, train, cfg, device)
-    val = hf_token_stream(cfg, cfg.val_split)
-    train_tokens = train.tokens[: cfg.max_tokens] if cfg.max_tokens else train.tokens
-    if cfg.tokenizer == "char" and train.metadata.get("chars") != val.metadata.get("chars"):
+    test = hf_token_stream(cfg, cfg.test_split)
+    if cfg.tokenizer == "char" and train.metadata.get("chars") != test.metadata.get("chars"):
         # Each split fitted its own character vocabulary: ids would not mean the same characters.
         raise ConfigValueError(
             "data.tokenizer",
             "char",
-            "byte or gpt2 when data.val_split is set (a character vocabulary is fitted per split)",
+            "byte or gpt2 when data.test_split is set (a character vocabulary is fitted per split)",
         )
-    vocab = max(int(train.metadata["vocab_size"]), int(val.metadata["vocab_size"]))
-    return TokenBlocks(
-        name, train_tokens, val.tokens, vocab, cfg.block_size, device, cfg.eval_blocks, cfg.device_tokens_limit
-    )
+    vocab = max(int(train.metadata["vocab_size"]), int(test.metadata["vocab_size"]))
+    return token_blocks_from_stream(name, train, cfg, device, test_tokens=test.tokens, vocab_size=vocab)

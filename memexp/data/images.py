@@ -4,8 +4,8 @@ root (``data.root``, default ``$MEMEXP_DATA`` or ``~/.cache/memexp``).
 The whole dataset is decoded once into a float tensor on the training device (CIFAR-10: 600 MB as
 float32), normalised per channel with the training split's own mean and std, and augmented on the
 device in batch (random crop with padding, horizontal flip: :mod:`memexp.data.augment`), so a training
-step never waits for a DataLoader. The held-out set is the official test split, or with
-``val_fraction > 0`` a fixed part of the training split (the test split is then not used).
+step never waits for a DataLoader. The held-out test split is the official test split; the validation
+split is a fixed part (``val_fraction``) of the official training split, never trained on.
 
 Nothing is downloaded unless ``data.download=true``; missing files stop the run before anything is
 written, with one message naming the folder and how to fill it.
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from memexp.data.augment import RandomCropFlip
-from memexp.data.base import DATASETS, DataConfig, DataSpec, InMemoryClassification, split_indices
+from memexp.data.base import DATASETS, DataConfig, DataSpec, InMemoryClassification, carve, check_val_fraction
 from memexp.errors import DataNotFoundError, require
 
 
@@ -35,18 +35,13 @@ class ImageDataConfig(DataConfig):
     hflip: bool = True
     normalize: bool = True  # per-channel mean/std of the training split
     train_examples: int = 0  # 0: all; N: the first N training examples (a fixed subset)
-    val_fraction: float = 0.0  # 0: the official test split is held out; else this part of the training split
+    val_fraction: float = 0.1  # the validation split: this part of the training split
     split_seed: int = 0
 
     def check(self) -> None:
         require(self.crop_padding >= 0, "crop_padding", self.crop_padding, "an integer >= 0 (0: no random crop)")
         require(self.train_examples >= 0, "train_examples", self.train_examples, "an integer >= 0 (0: all)")
-        require(
-            0.0 <= self.val_fraction < 1.0,
-            "val_fraction",
-            self.val_fraction,
-            "a number in [0, 1) (0: the official test split)",
-        )
+        check_val_fraction(self.val_fraction)
 
 
 @dataclass
@@ -164,31 +159,44 @@ def build_image_dataset(cfg: ImageDataConfig, device: torch.device) -> InMemoryC
             f"an integer <= {len(train_labels)} (the training split's size), or 0 for all",
         )
         train_images, train_labels = train_images[: cfg.train_examples], train_labels[: cfg.train_examples]
-    if cfg.val_fraction > 0:
-        train_index, val_index = split_indices(len(train_labels), cfg.val_fraction, cfg.split_seed)
-        val_images, val_labels = train_images[val_index.numpy()], train_labels[val_index.numpy()]
-        train_images, train_labels = train_images[train_index.numpy()], train_labels[train_index.numpy()]
-    else:
-        val_images, val_labels = load_torchvision_split(cfg.name, root, train=False, download=cfg.download)
-    x_train, x_val = to_tensor(train_images), to_tensor(val_images)
+    train, val = carve((train_images, train_labels), cfg.val_fraction, cfg.split_seed, "data.val_fraction")
+    test = load_torchvision_split(cfg.name, root, train=False, download=cfg.download)
+    return image_bundle(cfg.name, source.num_classes, train, val, test, cfg, device)
+
+
+def image_bundle(
+    name: str,
+    num_classes: int,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    cfg: Any,
+    device: torch.device,
+) -> InMemoryClassification:
+    """uint8 (N, H, W, C) images and int64 labels of the three splits -> device tensors, normalised
+    per channel with the training data's statistics, with the batch augmentation ``cfg`` asks for
+    (``normalize``, ``augment``, ``crop_padding``, ``hflip``)."""
+    x_train = to_tensor(train[0])
     channels, height, width = x_train.shape[1:]
-    fill = torch.zeros(channels)  # the value of a black (0) padding pixel after normalisation
+    mean, std = torch.zeros(channels), torch.ones(channels)
     if cfg.normalize:
         mean, std = channel_stats(x_train)
         std = std.clamp_min(1e-6)
-        x_train = (x_train - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        x_val = (x_val - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        fill = -mean / std
+    fill = -mean / std  # the value of a black (0) padding pixel after normalisation
+
+    def prepare(x: Tensor, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+        x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return x.to(device), torch.from_numpy(labels).to(device)
+
     augment = None
     if cfg.augment and (cfg.crop_padding > 0 or cfg.hflip):
         augment = RandomCropFlip(cfg.crop_padding, cfg.hflip, fill.to(device))
-    spec = DataSpec(
-        name=cfg.name, task="classification", input_shape=(channels, height, width), num_classes=source.num_classes
-    )
+    spec = DataSpec(name=name, task="classification", input_shape=(channels, height, width), num_classes=num_classes)
     return InMemoryClassification(
         spec,
-        train=(x_train.to(device), torch.from_numpy(train_labels).to(device)),
-        val=(x_val.to(device), torch.from_numpy(val_labels).to(device)),
+        train=prepare(x_train, train[1]),
+        val=prepare(to_tensor(val[0]), val[1]),
+        test=prepare(to_tensor(test[0]), test[1]),
         augment=augment,
         eval_seed=cfg.split_seed,
     )

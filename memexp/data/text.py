@@ -2,8 +2,9 @@
 
 A corpus is tokenized once (:mod:`memexp.data.tokenizers`) and written as a flat uint16 file plus a
 small JSON file saying what it was built from; later runs memory-map it (``np.memmap``) and only
-re-tokenize when the source or the tokenizer changed. The held-out set is the disjoint tail of the
-stream (``val_fraction``), so no training block overlaps a held-out token.
+re-tokenize when the source or the tokenizer changed. The stream is cut into three contiguous parts:
+training head, validation part (``val_fraction`` of what precedes the test tail) and held-out test
+tail (``test_fraction``), so no training block overlaps a validation or test token.
 
 Training batches are ``batch_size`` blocks at uniformly random offsets into the training part
 (nanoGPT's ``get_batch``): ``x = tokens[i : i + T]``, ``y = tokens[i + 1 : i + T + 1]``. Streams up to
@@ -13,7 +14,8 @@ pinned memory. The offsets come from a seeded CPU generator either way, so both 
 batches, and the iterator's state (generator, step) makes a resumed run continue exactly.
 
 Evaluation compares like with like: the same number of non-overlapping blocks, evenly spread over
-the training part and over the held-out tail (``eval_blocks``, capped by ``trainer.eval_examples``).
+the training part and over the test tail (``eval_blocks``, capped by ``trainer.eval_examples``), and
+up to as many from the validation part.
 
 Datasets here: ``stdlib_text`` (the offline default: the Python standard library's source files of
 the running interpreter, in sorted order, byte-level) and ``text_file`` (any local UTF-8 file, e.g.
@@ -37,9 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from memexp.data.base import DATASETS, BatchIterator, DataBundle, DataConfig, DataSpec
+from memexp.data.base import DATASETS, BatchIterator, DataBundle, DataConfig, DataSpec, check_val_fraction
 from memexp.data.tokenizers import TOKENIZERS, make_tokenizer
 from memexp.errors import ConfigValueError, DataNotFoundError, require
+from memexp.splits import SPLITS
 
 CACHE_FORMAT = 1
 TOKEN_DTYPE = np.uint16
@@ -49,16 +52,18 @@ TOKEN_DTYPE = np.uint16
 class TextDataConfig(DataConfig):
     tokenizer: str = "byte"  # byte | char | gpt2 (needs tiktoken)
     block_size: int = 256  # tokens per training example
-    val_fraction: float = 0.1  # the held-out tail of the token stream
-    eval_blocks: int = 128  # blocks per evaluation set (train subset and held-out); 0: every held-out block
+    test_fraction: float = 0.1  # the held-out test tail of the token stream
+    val_fraction: float = 0.1  # the validation part: this fraction of what precedes the test tail
+    eval_blocks: int = 128  # blocks per evaluation set (train subset, val, test); 0: every test block
     max_tokens: int = 0  # 0: the whole stream; N: only its first N tokens (before the split)
     device_tokens_limit: int = 500_000_000  # streams up to this many tokens live on the training device
 
     def check(self) -> None:
         require(self.tokenizer in TOKENIZERS, "tokenizer", self.tokenizer, f"one of {', '.join(TOKENIZERS)}")
         require(self.block_size > 0, "block_size", self.block_size, "an integer > 0")
-        require(0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a number in (0, 1)")
-        require(self.eval_blocks >= 0, "eval_blocks", self.eval_blocks, "an integer >= 0 (0: all held-out blocks)")
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "a number in (0, 1)")
+        check_val_fraction(self.val_fraction)
+        require(self.eval_blocks >= 0, "eval_blocks", self.eval_blocks, "an integer >= 0 (0: all test blocks)")
         require(self.max_tokens >= 0, "max_tokens", self.max_tokens, "an integer >= 0 (0: all)")
         require(self.device_tokens_limit >= 0, "device_tokens_limit", self.device_tokens_limit, "an integer >= 0")
 
@@ -215,56 +220,70 @@ def evenly_spread_blocks(length: int, block_size: int, count: int) -> Tensor:
 
 
 class TokenBlocks(DataBundle):
-    """A language-modelling dataset: training and held-out token streams cut into blocks."""
+    """A language-modelling dataset: training, validation and test token streams cut into blocks."""
 
     def __init__(
         self,
         name: str,
-        train_tokens: np.ndarray,
-        val_tokens: np.ndarray,
+        streams: dict[str, np.ndarray],
         vocab_size: int,
         block_size: int,
         device: torch.device,
         eval_blocks: int = 128,
         device_tokens_limit: int = 500_000_000,
     ) -> None:
-        for part, tokens in (("training", train_tokens), ("held-out", val_tokens)):
+        for split, tokens in streams.items():
             require(
                 len(tokens) > block_size,
                 "data.block_size",
                 block_size,
-                f"an integer < {len(tokens)} (the {part} part's length in tokens)",
+                f"an integer < {len(tokens)} (the {split} part's length in tokens)",
             )
         self.spec = DataSpec(name=name, task="lm", input_shape=(block_size,), num_classes=vocab_size)
-        on_device = len(train_tokens) + len(val_tokens) <= device_tokens_limit
-        self.train = TokenSource(train_tokens, device, on_device)
-        self.val = TokenSource(val_tokens, device, on_device)
+        on_device = sum(len(tokens) for tokens in streams.values()) <= device_tokens_limit
+        self.train, self.val, self.test = (TokenSource(streams[split], device, on_device) for split in SPLITS)
         self.block_size, self.eval_blocks = block_size, eval_blocks
 
     def train_iterator(self, batch_size: int, seed: int) -> BatchIterator:
         return TokenBlockIterator(self.train, batch_size, self.block_size, seed)
 
     def eval_sets(self, max_examples: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-        count = min((source.length - 1) // self.block_size for source in (self.train, self.val))
+        sources = {split: getattr(self, split) for split in SPLITS}
+
+        def blocks_in(split: str) -> int:
+            return (sources[split].length - 1) // self.block_size
+
+        count = min(blocks_in("train"), blocks_in("test"))  # train and test the same size
         if self.eval_blocks:
             count = min(count, self.eval_blocks)
         if max_examples > 0:
             count = min(count, max_examples)
+        counts = {"train": count, "val": min(count, blocks_in("val")), "test": count}
         return {
-            split: source.blocks(evenly_spread_blocks(source.length, self.block_size, count), self.block_size)
-            for split, source in (("train", self.train), ("val", self.val))
+            split: source.blocks(evenly_spread_blocks(source.length, self.block_size, counts[split]), self.block_size)
+            for split, source in sources.items()
         }
 
 
-def token_blocks_from_stream(name: str, stream: TokenStream, cfg: TextDataConfig, device: torch.device) -> TokenBlocks:
-    """Split one stream into its training head and held-out tail."""
+def token_blocks_from_stream(
+    name: str,
+    stream: TokenStream,
+    cfg: TextDataConfig,
+    device: torch.device,
+    test_tokens: np.ndarray | None = None,
+    vocab_size: int | None = None,
+) -> TokenBlocks:
+    """Cut one stream into its training head, validation part and test tail (or, with ``test_tokens``
+    from a separate split, into training head and validation tail)."""
     tokens = stream.tokens[: cfg.max_tokens] if cfg.max_tokens else stream.tokens
+    if test_tokens is None:
+        n_test = int(round(len(tokens) * cfg.test_fraction))
+        tokens, test_tokens = tokens[: len(tokens) - n_test], tokens[len(tokens) - n_test :]
     n_val = int(round(len(tokens) * cfg.val_fraction))
     return TokenBlocks(
         name,
-        tokens[: len(tokens) - n_val],
-        tokens[len(tokens) - n_val :],
-        int(stream.metadata["vocab_size"]),
+        {"train": tokens[: len(tokens) - n_val], "val": tokens[len(tokens) - n_val :], "test": test_tokens},
+        vocab_size or int(stream.metadata["vocab_size"]),
         cfg.block_size,
         device,
         cfg.eval_blocks,

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from memexp.config import Progress as ProgressMode
+from memexp.splits import HELD_OUT_SPLIT, SPLIT_LABELS, SPLITS
 
 
 class ProgressReporter:
@@ -71,12 +72,12 @@ class ProgressReporter:
 def print_summary_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"memexp run: {summary.get('status', '?')}")
     table.add_column("metric")
-    table.add_column("train", justify="right")
-    table.add_column("held-out", justify="right")
-    table.add_column("gap (held-out - train)", justify="right")
-    metrics = sorted({key.split("/", 1)[1] for key in summary if key.startswith("val/")})
+    for split in SPLITS:
+        table.add_column(SPLIT_LABELS[split], justify="right")
+    table.add_column("gap (test - train)", justify="right")
+    metrics = sorted({key.split("/", 1)[1] for key in summary if key.startswith(f"{HELD_OUT_SPLIT}/")})
     for metric in metrics:
-        cells = [summary.get(f"{split}/{metric}") for split in ("train", "val")]
+        cells = [summary.get(f"{split}/{metric}") for split in SPLITS]
         gap = summary.get(f"gap/{metric}", summary.get(f"gap/{metric}_ratio"))
         table.add_row(metric, *(f"{cell:.4f}" if isinstance(cell, float) else "-" for cell in [*cells, gap]))
     table.caption = (

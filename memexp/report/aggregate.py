@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from memexp.report.grouping import Group
 from memexp.report.runs import FINISHED, RunRecord, per_tensor_metrics
 from memexp.report.stats import Estimate, PairedComparison, estimate, paired_comparison
+from memexp.splits import EVAL_PREFIXES
 
-# The generalization-gap triple first, in this order; then other train/val/gap metrics, then the
-# implicit-regularization metrics (geom/... and the like), then cost.
-HEADLINE_METRICS = ("train/loss", "val/loss", "gap/loss", "train/acc", "val/acc", "gap/acc")
+# The generalization-gap triple first (train, test, gap), then validation, in this order; then other
+# train/val/test/gap metrics, then the implicit-regularization metrics (geom/...), then cost.
+HEADLINE_METRICS = (
+    "train/loss", "test/loss", "gap/loss", "val/loss", "train/acc", "test/acc", "gap/acc", "val/acc"
+)  # fmt: skip
 LAST_METRICS = ("wall_time_s",)
 
 
@@ -22,7 +25,7 @@ def metric_order(metric: str) -> tuple[int, int, str]:
         return (0, HEADLINE_METRICS.index(metric), metric)
     if metric in LAST_METRICS:
         return (3, 0, metric)
-    return (1 if metric.startswith(("train/", "val/", "gap/")) else 2, 0, metric)
+    return (1 if metric.startswith(EVAL_PREFIXES) else 2, 0, metric)
 
 
 def table_metrics(groups: Sequence[Group], per_tensor: bool = False) -> tuple[list[str], int]:

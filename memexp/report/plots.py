@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from memexp.report.grouping import Group
 from memexp.report.runs import DIVERGED, per_tensor_metrics
 from memexp.report.stats import Band, t_quantile
+from memexp.splits import HELD_OUT_SPLIT, SPLIT_LABELS, SPLITS
 
 BAND_TEXT = {
     Band.std: "band: mean ± 1 std over seeds",
@@ -28,8 +29,7 @@ BAND_TEXT = {
     Band.minmax: "band: min–max over seeds",
 }
 DIVERGED_LABEL = "diverged run (dotted, × = last finite value)"
-SPLIT_STYLES = {"train": "-", "val": "--"}
-SPLIT_NAMES = {"train": "train", "val": "held-out"}
+SPLIT_STYLES = {"train": "-", "val": ":", "test": "--"}
 
 
 @dataclass
@@ -194,9 +194,14 @@ def plan_plots(groups: Sequence[Group], per_tensor: bool) -> list[PlotSpec]:
     if not per_tensor:
         left_out = per_tensor_metrics(metrics)
         metrics = [m for m in metrics if m not in left_out]
-    quantities = sorted({m.split("/", 1)[1] for m in metrics if m.startswith("val/")})
+    quantities = sorted({m.split("/", 1)[1] for m in metrics if m.startswith(f"{HELD_OUT_SPLIT}/")})
     specs = [
-        PlotSpec("split", [f"{split}/{q}" for split in SPLIT_STYLES], f"{q}_curves.png", f"{q}: train vs held-out")
+        PlotSpec(
+            "split",
+            [f"{split}/{q}" for split in SPLITS if f"{split}/{q}" in metrics],
+            f"{q}_curves.png",
+            f"{q}: train vs validation vs test",
+        )
         for q in quantities
     ]
     gap_metrics = [m for m in metrics if m.startswith("gap/")]
@@ -216,11 +221,12 @@ def render(spec: PlotSpec, groups: Sequence[Group], options: PlotOptions) -> Fig
     if spec.kind == "split":
         quantity = spec.metrics[0].split("/", 1)[1]
         figure, (axes,) = new_figure()
-        for metric, (split, style) in zip(spec.metrics, SPLIT_STYLES.items()):
-            draw_metric(axes, groups, metric, colours, options, style, f" {SPLIT_NAMES[split]}")
+        for metric in spec.metrics:
+            split = metric.split("/", 1)[0]
+            draw_metric(axes, groups, metric, colours, options, SPLIT_STYLES[split], f" {SPLIT_LABELS[split]}")
         if quantity == "loss":
             auto_log_scale(axes)
-        finish_axes(axes, f"{quantity}: train (solid) vs held-out (dashed)", quantity, options)
+        finish_axes(axes, f"{quantity}: train (solid), validation (dotted), test (dashed)", quantity, options)
         return figure
     if spec.kind == "gap":
         figure, all_axes = new_figure(len(spec.metrics))

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from memexp.errors import MemexpError
+from memexp.splits import EVAL_PREFIXES
 
 FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING = "finished", "diverged", "failed", "incomplete", "missing"
 STATUSES = (FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING)
@@ -30,7 +31,7 @@ STATUSES = (FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING)
 # running mean over the last log interval; ``train/loss`` is the measured one).
 BOOKKEEPING_KEYS = frozenset({"step", "epoch", "lr", "train/batch_loss"})
 # Final values taken from summary.json: the gap triple and the cost.
-SUMMARY_PREFIXES = ("train/", "val/", "gap/")
+SUMMARY_PREFIXES = EVAL_PREFIXES
 SUMMARY_EXTRA_KEYS = ("wall_time_s",)
 # Directories never searched for runs (a run's own outputs, or a previous report).
 SKIP_DIRS = frozenset({".hydra", "checkpoints", "wandb", ".submitit", "report", "__pycache__"})

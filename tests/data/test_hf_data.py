@@ -29,14 +29,14 @@ def test_local_text_file_through_the_text_builder(tmp_path):
     )
     bundle = DATASETS.build("hf_text", cfg, CPU)
     # The text builder yields one row per line; joining rows with newlines gives the file back.
-    stream = np.concatenate([bundle.train.host_tokens, bundle.val.host_tokens])
+    stream = np.concatenate([bundle.train.host_tokens, bundle.val.host_tokens, bundle.test.host_tokens])
     assert bytes(stream.astype(np.uint8)).decode() == "\n".join(lines)
     assert bundle.spec.task == "lm" and bundle.spec.num_classes == 256
     again = DATASETS.build("hf_text", cfg, CPU)
     assert len(list((tmp_path / "hf_text").glob("*.u16"))) == 1 and again.train.length == bundle.train.length
 
 
-def test_parquet_text_column_with_an_explicit_validation_split(tmp_path):
+def test_parquet_text_column_with_an_explicit_test_split(tmp_path):
     train = datasets.Dataset.from_dict({"content": ["alpha beta"] * 30, "id": list(range(30))})
     test = datasets.Dataset.from_dict({"content": ["gamma delta"] * 10, "id": list(range(10))})
     train.to_parquet(str(tmp_path / "train.parquet"))
@@ -44,7 +44,7 @@ def test_parquet_text_column_with_an_explicit_validation_split(tmp_path):
     cfg = HFTextConfig(
         path="parquet",
         data_files={"train": str(tmp_path / "train.parquet"), "test": str(tmp_path / "test.parquet")},
-        val_split="test",
+        test_split="test",
         text_column="content",
         cache_dir=str(tmp_path / "hf"),
         root=str(tmp_path),
@@ -52,10 +52,12 @@ def test_parquet_text_column_with_an_explicit_validation_split(tmp_path):
         eval_blocks=0,
     )
     bundle = DATASETS.build("hf_text", cfg, CPU)
-    assert bundle.train.length == len("\n".join(["alpha beta"] * 30))
-    assert bundle.val.length == len("\n".join(["gamma delta"] * 10))
-    x_val, _ = bundle.eval_sets()["val"]
-    assert bytes(x_val[0].numpy().astype(np.uint8)) == b"gamma de"
+    # The test split is the named split; validation is the tail (val_fraction 0.1) of the training stream.
+    train_length = len("\n".join(["alpha beta"] * 30))
+    assert bundle.train.length + bundle.val.length == train_length and bundle.val.length == round(0.1 * train_length)
+    assert bundle.test.length == len("\n".join(["gamma delta"] * 10))
+    x_test, _ = bundle.eval_sets()["test"]
+    assert bytes(x_test[0].numpy().astype(np.uint8)) == b"gamma de"
     with pytest.raises(ConfigValueError, match="data.text_column"):
         DATASETS.build(
             "hf_text",
@@ -84,15 +86,17 @@ def test_parquet_images_with_class_labels(tmp_path):
         path="parquet",
         data_files=str(tmp_path / "images.parquet"),
         cache_dir=str(tmp_path / "hf"),
-        val_fraction=0.25,
+        test_fraction=0.25,
+        val_fraction=0.2,
         normalize=False,
         augment=True,
         crop_padding=1,
     )
     bundle = DATASETS.build("hf_images", cfg, CPU)
     assert bundle.spec.input_shape == (3, 6, 6) and bundle.spec.num_classes == 3
-    assert bundle.train[0].shape[0] == 15 and bundle.val[0].shape[0] == 5
-    everything = torch.cat([bundle.train[0], bundle.val[0]])
+    # 20 images: test round(0.25 * 20) = 5, validation round(0.2 * 15) = 3, train 12.
+    assert [getattr(bundle, split)[0].shape[0] for split in ("train", "val", "test")] == [12, 3, 5]
+    everything = torch.cat([bundle.train[0], bundle.val[0], bundle.test[0]])
     expected = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     # A partition of the 20 images (the split is a seeded permutation), pixels exact.
     assert sorted(x.numpy().tobytes() for x in everything) == sorted(x.numpy().tobytes() for x in expected)

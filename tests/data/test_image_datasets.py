@@ -13,6 +13,7 @@ import torchvision.datasets
 
 from memexp.data import DATASETS
 from memexp.data.augment import RandomCropFlip
+from memexp.data.base import carve
 from memexp.data.images import CIFAR10Config, CIFAR100Config, FashionMNISTConfig, MNISTConfig
 from memexp.errors import ConfigValueError, DataNotFoundError
 
@@ -65,19 +66,25 @@ def test_cifar_layout_labels_normalisation_and_test_split(tmp_path, skip_cifar_c
     bundle = DATASETS.build(cfg.name, cfg, CPU)
     assert bundle.spec.input_shape == (3, 32, 32) and bundle.spec.num_classes == (100 if hundred else 10)
     x_train, y_train = bundle.train
-    x_val, y_val = bundle.val
-    n_train = 6 if hundred else 30
-    assert x_train.shape == (n_train, 3, 32, 32) and x_val.shape == (6, 3, 32, 32)
+    x_test, y_test = bundle.test
+    n_official = 6 if hundred else 30
+    # The validation split is val_fraction = 0.1 of the official training split (seeded by split_seed).
+    (train_ids,), (val_ids,) = carve((np.arange(n_official),), 0.1, 0, "data.val_fraction")
+    assert x_train.shape == (len(train_ids), 3, 32, 32) and bundle.val[0].shape == (len(val_ids), 3, 32, 32)
+    assert x_test.shape == (6, 3, 32, 32)
     # Independent float64 reference: channel c, row h, column w is byte c*1024 + h*32 + w of a row.
-    pixels = raw["train_x"].reshape(n_train, 3, 32, 32).astype(np.float64) / 255
+    all_pixels = raw["train_x"].reshape(n_official, 3, 32, 32).astype(np.float64) / 255
+    pixels = all_pixels[train_ids]
     mean, std = pixels.mean(axis=(0, 2, 3)), pixels.std(axis=(0, 2, 3), ddof=1)
-    expected = (pixels - mean[None, :, None, None]) / std[None, :, None, None]
-    np.testing.assert_allclose(x_train.numpy(), expected, rtol=0, atol=2e-5)
+
+    def normalised(x: np.ndarray) -> np.ndarray:
+        return (x - mean[None, :, None, None]) / std[None, :, None, None]
+
+    np.testing.assert_allclose(x_train.numpy(), normalised(pixels), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(bundle.val[0].numpy(), normalised(all_pixels[val_ids]), rtol=0, atol=2e-5)
     test_pixels = raw["test_x"].reshape(6, 3, 32, 32) / 255
-    np.testing.assert_allclose(
-        x_val.numpy(), (test_pixels - mean[None, :, None, None]) / std[None, :, None, None], rtol=0, atol=2e-5
-    )
-    assert y_train.tolist() == raw["train_y"].tolist() and y_val.tolist() == raw["test_y"].tolist()
+    np.testing.assert_allclose(x_test.numpy(), normalised(test_pixels), rtol=0, atol=2e-5)
+    assert y_train.tolist() == raw["train_y"][train_ids].tolist() and y_test.tolist() == raw["test_y"].tolist()
     # Augmentation pads with the normalised value of a black pixel.
     assert isinstance(bundle.augment, RandomCropFlip) and bundle.augment.padding == 4
     torch.testing.assert_close(bundle.augment.fill, torch.tensor(-mean / std, dtype=torch.float32))
@@ -90,10 +97,11 @@ def test_cifar_subset_and_validation_carved_from_train(tmp_path, skip_cifar_chec
     assert bundle.train[0].shape[0] == 15 and bundle.val[0].shape[0] == 5 and bundle.augment is None
     first_20 = torch.from_numpy(raw["train_x"][:20].reshape(20, 3, 32, 32)).float() / 255
     together = torch.cat([bundle.train[0], bundle.val[0]])
-    # Train and held-out are a partition of the first 20 images.
+    # Train and validation are a partition of the first 20 images; the test split is the official one.
     assert sorted(map(hash_image, together)) == sorted(map(hash_image, first_20))
+    assert bundle.test[0].shape[0] == 6
     evaluation = bundle.eval_sets()
-    assert evaluation["train"][0].shape[0] == evaluation["val"][0].shape[0] == 5
+    assert [evaluation[split][0].shape[0] for split in ("train", "val", "test")] == [6, 5, 6]
     with pytest.raises(ConfigValueError, match="data.train_examples"):
         DATASETS.build("cifar10", CIFAR10Config(root=str(tmp_path), train_examples=31), CPU)
 
@@ -112,10 +120,12 @@ def test_mnist_family_reads_idx_files(tmp_path, config, folder):
     write_idx(tmp_path / folder / "raw", "t10k", test_images, test_labels)
     bundle = DATASETS.build(config().name, config(root=str(tmp_path)), CPU)
     assert bundle.spec.input_shape == (1, 28, 28) and bundle.augment is None  # no flips for digits by default
-    pixels = train_images.astype(np.float64) / 255
+    (train_ids,), _ = carve((np.arange(12),), 0.1, 0, "data.val_fraction")
+    pixels = train_images[train_ids].astype(np.float64) / 255
     expected = (pixels - pixels.mean()) / pixels.std(ddof=1)
     np.testing.assert_allclose(bundle.train[0][:, 0].numpy(), expected, rtol=0, atol=2e-5)
-    assert bundle.train[1].tolist() == train_labels.tolist() and bundle.val[1].tolist() == test_labels.tolist()
+    assert bundle.train[1].tolist() == train_labels[train_ids].tolist()
+    assert bundle.test[1].tolist() == test_labels.tolist()
 
 
 @pytest.mark.parametrize(

@@ -89,14 +89,13 @@ def test_token_cache_is_written_next_to_the_file_and_reused(tmp_path, monkeypatc
     write_corpus(path, n_chars=6000, seed=1)
     os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
     rebuilt = DATASETS.build("text_file", cfg, CPU)
-    assert rebuilt.train.length + rebuilt.val.length == 6000
+    assert rebuilt.train.length + rebuilt.val.length + rebuilt.test.length == 6000
 
 
 def test_blocks_are_random_windows_of_the_training_head_and_eval_uses_the_disjoint_tail():
-    tokens = np.arange(200, dtype=np.uint16)  # each token is its own position
-    bundle = TokenBlocks(
-        "counting", tokens[:100], tokens[100:], vocab_size=200, block_size=10, device=CPU, eval_blocks=8
-    )
+    tokens = np.arange(260, dtype=np.uint16)  # each token is its own position
+    streams = {"train": tokens[:100], "val": tokens[100:160], "test": tokens[160:]}
+    bundle = TokenBlocks("counting", streams, vocab_size=260, block_size=10, device=CPU, eval_blocks=8)
     batches = bundle.train_iterator(batch_size=64, seed=0)
     starts = []
     for _ in range(20):
@@ -109,21 +108,24 @@ def test_blocks_are_random_windows_of_the_training_head_and_eval_uses_the_disjoi
     # can be 99, the last training token, never beyond.
     assert sorted(set(starts)) == list(range(90))
     evaluation = bundle.eval_sets()
-    (x_train, y_train), (x_val, y_val) = evaluation["train"], evaluation["val"]
-    assert x_train.shape == x_val.shape == (8, 10)
-    assert y_train.max() < 100 and x_val.min() >= 100  # the held-out tail is never trained on
-    torch.testing.assert_close(y_val, x_val + 1, rtol=0, atol=0)
-    val_starts = x_val[:, 0].tolist()
-    assert all(b - a >= 10 for a, b in zip(val_starts, val_starts[1:]))  # non-overlapping
-    assert bundle.eval_sets(max_examples=3)["val"][0].shape == (3, 10)
+    (x_train, y_train), (x_test, y_test) = evaluation["train"], evaluation["test"]
+    x_val, y_val = evaluation["val"]
+    assert x_train.shape == x_test.shape == (8, 10)
+    assert x_val.shape == (5, 10)  # (60 - 1) // 10 = 5 whole blocks in the validation part
+    assert y_train.max() < 100 and x_val.min() >= 100 and y_val.max() < 160 and x_test.min() >= 160
+    torch.testing.assert_close(y_test, x_test + 1, rtol=0, atol=0)
+    test_starts = x_test[:, 0].tolist()
+    assert all(b - a >= 10 for a, b in zip(test_starts, test_starts[1:]))  # non-overlapping
+    assert bundle.eval_sets(max_examples=3)["test"][0].shape == (3, 10)
     assert batches.steps_per_epoch == 1  # 99 // 640 rounded up to one step
     assert bundle.train_iterator(batch_size=2, seed=0).steps_per_epoch == 99 // 20
 
 
 def test_device_and_host_gathering_give_identical_batches_and_resume_exactly():
     tokens = np.random.default_rng(0).integers(0, 65535, 5000).astype(np.uint16)
-    on_device = TokenBlocks("t", tokens[:4000], tokens[4000:], 65536, 32, CPU, device_tokens_limit=10**9)
-    on_host = TokenBlocks("t", tokens[:4000], tokens[4000:], 65536, 32, CPU, device_tokens_limit=0)
+    streams = {"train": tokens[:4000], "val": tokens[4000:4500], "test": tokens[4500:]}
+    on_device = TokenBlocks("t", streams, 65536, 32, CPU, device_tokens_limit=10**9)
+    on_host = TokenBlocks("t", streams, 65536, 32, CPU, device_tokens_limit=0)
     assert on_device.train.on_device and not on_host.train.on_device
     a, b = on_device.train_iterator(8, seed=3), on_host.train_iterator(8, seed=3)
     for _ in range(3):
@@ -148,7 +150,8 @@ def test_stdlib_text_is_the_sorted_standard_library_as_bytes(tmp_path):
     cfg = StdlibTextConfig(root=str(tmp_path), block_size=64, max_tokens=200_000, eval_blocks=4)
     bundle = DATASETS.build("stdlib_text", cfg, CPU)
     assert bundle.spec.task == "lm" and bundle.spec.num_classes == 256 and bundle.spec.input_shape == (64,)
-    assert bundle.train.length == 180_000 and bundle.val.length == 20_000
+    # 200,000 tokens: the test tail 20,000, validation 0.1 of the remaining 180,000, train 162,000.
+    assert (bundle.train.length, bundle.val.length, bundle.test.length) == (162_000, 18_000, 20_000)
     first = files[0].read_bytes()
     assert bytes(bundle.train.host_tokens[: min(len(first), 1000)].astype(np.uint8)) == first[:1000]
     assert len(list((tmp_path / "stdlib_text").glob("*.u16"))) == 1
