@@ -78,7 +78,7 @@ def test_resumed_run_matches_an_uninterrupted_one_bit_for_bit(compose, tmp_path:
     resumed = make_run(compose, overrides)
     resumed_summary = train(resumed, tmp_path / "resumed", [], quiet(resumed))
 
-    for key in ("train/loss", "val/loss", "train/acc", "val/acc", "gap/loss"):
+    for key in ("train/loss", "val/loss", "test/loss", "train/acc", "val/acc", "test/acc", "gap/loss"):
         assert resumed_summary[key] == full_summary[key], key
     for name, tensor in full.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name

@@ -24,7 +24,18 @@ COMMON = [
     "logger=none",
     "trainer.progress=plain",
 ]
-RESULT_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "gap/loss", "gap/acc", "step", "status")
+RESULT_KEYS = (
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "gap/loss",
+    "gap/acc",
+    "step",
+    "status",
+)
 
 
 def last_logged_step(metrics: Path) -> int:

@@ -59,7 +59,7 @@ def test_two_job_sweep_through_the_slurm_launcher(tmp_path: Path) -> None:
     for job in ("0", "1"):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["step"] == 20
-        assert {"val/loss", "gap/loss", "gap/acc"} <= set(summary)
+        assert {"val/loss", "test/loss", "gap/loss", "gap/acc"} <= set(summary)
     submitted = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert len(submitted) == 2, submitted  # one Slurm array, two tasks
     assert "2 finished" in result.stdout
@@ -118,7 +118,7 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path: 
     reference = run_memexp("train", *common, f"hydra.run.dir={tmp_path / 'reference'}", cwd=tmp_path, env=env)
     assert reference.returncode == 0, reference.stderr
     uninterrupted = json.loads((tmp_path / "reference" / "summary.json").read_text())
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "gap/loss", "gap/acc"):
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "gap/loss", "gap/acc"):
         assert preempted[key] == uninterrupted[key], key
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == sorted(steps), "a resumed run must not log a step twice"

@@ -36,7 +36,7 @@ def test_vit_trains_on_digits(tmp_path):
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 6
-    assert 0.0 <= summary["val/acc"] <= 1.0 and math.isfinite(summary["gap/loss"])
+    assert 0.0 <= summary["test/acc"] <= 1.0 and math.isfinite(summary["gap/loss"])
 
 
 def test_gpt_trains_on_the_offline_text_by_default(tmp_path, monkeypatch):
@@ -60,9 +60,9 @@ def test_gpt_trains_on_the_offline_text_by_default(tmp_path, monkeypatch):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished"
     # Perplexity is exp(loss); an untrained byte model sits near the uniform 256.
-    assert summary["val/ppl"] == pytest.approx(math.exp(summary["val/loss"]), rel=1e-9)
+    assert summary["test/ppl"] == pytest.approx(math.exp(summary["test/loss"]), rel=1e-9)
     assert 20 < summary["train/ppl"] < 400
-    assert summary["gap/ppl_ratio"] == pytest.approx(summary["val/ppl"] / summary["train/ppl"], rel=1e-9)
+    assert summary["gap/ppl_ratio"] == pytest.approx(summary["test/ppl"] / summary["train/ppl"], rel=1e-9)
     assert list((tmp_path / "data" / "stdlib_text").glob("*.byte.u16"))
 
 

@@ -59,7 +59,7 @@ def write_run(
 def curve_history(
     loss_start: float, loss_end: float, steps: tuple[int, ...] = (10, 20), geom: float | None = None
 ) -> list[dict[str, Any]]:
-    """Batch-loss events and eval events at ``steps``, losses falling linearly (held-out 10% above
+    """Batch-loss events and eval events at ``steps``, losses falling linearly (test loss 10% above
     train), accuracy rising; a geom/sharpness metric when ``geom`` is given (its last value)."""
     events: list[dict[str, Any]] = []
     for i, step in enumerate(steps):
@@ -69,12 +69,12 @@ def curve_history(
         eval_event = {
             "step": step,
             "train/loss": train_loss,
-            "val/loss": train_loss * 1.1,
+            "test/loss": train_loss * 1.1,
             "train/acc": 0.5 + 0.4 * t,
-            "val/acc": 0.45 + 0.4 * t,
+            "test/acc": 0.45 + 0.4 * t,
         }
-        eval_event["gap/loss"] = eval_event["val/loss"] - eval_event["train/loss"]
-        eval_event["gap/acc"] = eval_event["val/acc"] - eval_event["train/acc"]
+        eval_event["gap/loss"] = eval_event["test/loss"] - eval_event["train/loss"]
+        eval_event["gap/acc"] = eval_event["test/acc"] - eval_event["train/acc"]
         if geom is not None:
             eval_event["geom/sharpness"] = geom * t
         events.append(eval_event)

@@ -37,13 +37,13 @@ def test_report_on_a_real_sweep(tmp_path: Path) -> None:
     out = sweep / "report"
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["group"] for r in rows} == {"optimizer=adamw", "optimizer=sgd"}
-    val = {r["group"]: r for r in rows if r["metric"] == "val/loss"}
+    val = {r["group"]: r for r in rows if r["metric"] == "test/loss"}
     assert (val["optimizer=sgd"]["n"], val["optimizer=adamw"]["n"], val["optimizer=adamw"]["incomplete"]) == (
         "2",
         "1",
         "1",
     )
     # the sgd mean is the mean of the two runs' summaries
-    finals = [json.loads((sweep / str(i) / "summary.json").read_text())["val/loss"] for i in (0, 1)]
+    finals = [json.loads((sweep / str(i) / "summary.json").read_text())["test/loss"] for i in (0, 1)]
     assert float(val["optimizer=sgd"]["mean"]) == sum(finals) / 2
     assert (out / "loss_curves.png").is_file() and (out / "gap.png").is_file()

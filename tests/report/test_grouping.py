@@ -56,11 +56,11 @@ def test_numeric_values_sort_numerically_and_repeated_seeds_count_once(tmp_path:
             seed=seed,
             overrides={"optimizer.lr": str(lr)},
             config={"optimizer": {"lr": lr}},
-            final={"val/loss": val},
+            final={"test/loss": val},
         )
     _, groups = group_runs(find_runs([tmp_path]))
     assert [g.label for g in groups] == ["optimizer.lr=2", "optimizer.lr=10"]
-    assert groups[0].final_values("val/loss") == [2.0, 3.0]  # the second seed-0 run is a duplicate
+    assert groups[0].final_values("test/loss") == [2.0, 3.0]  # the second seed-0 run is a duplicate
     assert list(duplicate_seeds(groups[0])) == [0]
 
 

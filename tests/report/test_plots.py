@@ -15,7 +15,7 @@ from memexp.report.stats import Band
 
 def run(seed: int, steps: list[int], values: list[float], status: str = FINISHED) -> RunRecord:
     trace = MetricTrace(np.asarray(steps), np.asarray(values, dtype=np.float64))
-    return RunRecord(source=f"r{seed}", status=status, seed=seed, history={"val/loss": trace})
+    return RunRecord(source=f"r{seed}", status=status, seed=seed, history={"test/loss": trace})
 
 
 # Seeds 0-2 log steps 10 and 20; seed 2 stops logging after step 10 (a shorter schedule); a diverged
@@ -46,7 +46,7 @@ GROUP = Group(
     ],
 )
 def test_group_curve_mean_and_band_by_hand(band: Band, low: list[float], high: list[float]) -> None:
-    curve = group_curve(GROUP, "val/loss", band, 0.95)
+    curve = group_curve(GROUP, "test/loss", band, 0.95)
     assert curve is not None
     assert curve.steps.tolist() == [10.0, 20.0]
     assert curve.mean == pytest.approx([2.0, 0.6], rel=1e-12)  # step 20: seeds 0 and 1 only
@@ -56,7 +56,7 @@ def test_group_curve_mean_and_band_by_hand(band: Band, low: list[float], high: l
 
 def test_single_seed_has_no_band_and_unlogged_metric_no_curve() -> None:
     group = Group(label="g", settings={}, runs=[run(0, [5], [0.25])])
-    curve = group_curve(group, "val/loss", Band.std, 0.95)
+    curve = group_curve(group, "test/loss", Band.std, 0.95)
     assert curve is not None and curve.low.tolist() == curve.high.tolist() == [0.25]
     assert group_curve(group, "geom/sharpness", Band.std, 0.95) is None
 
@@ -67,19 +67,19 @@ def test_legend_names_every_group_and_diverged_runs_once() -> None:
     def two_split_run(seed: int, status: str, values: list[float]) -> RunRecord:
         steps = np.asarray([10, 20])
         history = {
-            split: MetricTrace(steps, np.asarray(values, dtype=np.float64)) for split in ("train/loss", "val/loss")
+            split: MetricTrace(steps, np.asarray(values, dtype=np.float64)) for split in ("train/loss", "test/loss")
         }
         return RunRecord(source=f"r{seed}", status=status, seed=seed, history=history)
 
     sgd = Group("optimizer=sgd", {}, [two_split_run(0, FINISHED, [1.0, 0.5]), two_split_run(1, FINISHED, [1.2, 0.6])])
     blown_runs = [two_split_run(0, DIVERGED, [3.0, math.nan]), two_split_run(1, DIVERGED, [4.0, math.inf])]
     blown = Group("optimizer.lr=1000", {}, blown_runs)
-    spec = PlotSpec("split", ["train/loss", "val/loss"], "loss_curves.png", "loss")
+    spec = PlotSpec("split", ["train/loss", "test/loss"], "loss_curves.png", "loss")
     figure = render(spec, [blown, sgd], PlotOptions())
     labels = figure.axes[0].get_legend_handles_labels()[1]
     assert labels == [
         "optimizer.lr=1000: no finished run (2 diverged)",
         DIVERGED_LABEL,
         "optimizer=sgd train (n=2)",
-        "optimizer=sgd held-out (n=2)",
+        "optimizer=sgd test (held-out) (n=2)",
     ]

@@ -46,14 +46,14 @@ def make_sweep(root: Path, make_run: RunWriter) -> Path:
             "sgd",
             seed,
             history=curve_history(2.0 + 0.2 * seed, 0.4 + 0.05 * seed, geom=SGD_SHARPNESS[seed]),
-            final={"train/loss": 0.4, "val/loss": val, "gap/loss": val - 0.4, "train/acc": 0.9, "val/acc": 0.8},
+            final={"train/loss": 0.4, "test/loss": val, "gap/loss": val - 0.4, "train/acc": 0.9, "test/acc": 0.8},
         )
     for seed, val in ADAMW_VAL.items():
         run(
             "adamw",
             seed,
             history=curve_history(2.5 - 0.2 * seed, 0.3 + 0.05 * seed),
-            final={"train/loss": 0.3, "val/loss": val, "gap/loss": val - 0.3, "train/acc": 0.95, "val/acc": 0.85},
+            final={"train/loss": 0.3, "test/loss": val, "gap/loss": val - 0.3, "train/acc": 0.95, "test/acc": 0.85},
         )
     diverged = curve_history(2.5, 0.3)[:2] + [{"step": 15, "train/batch_loss": "nan", "lr": 0.1, "epoch": 0.4}]
     run("adamw", 3, status="diverged", history=diverged, final={"train/loss": float("nan")})
@@ -64,8 +64,8 @@ def make_sweep(root: Path, make_run: RunWriter) -> Path:
 def test_table_statistics_are_exact(tmp_path: Path, make_run: RunWriter) -> None:
     keys, groups = group_runs(find_runs([make_sweep(tmp_path / "sweep", make_run)]))
     report = build_report(keys, groups)
-    sgd = report.estimates[("optimizer=sgd", "val/loss")]
-    adamw = report.estimates[("optimizer=adamw", "val/loss")]
+    sgd = report.estimates[("optimizer=sgd", "test/loss")]
+    adamw = report.estimates[("optimizer=adamw", "test/loss")]
     assert (sgd.n, sgd.mean, sgd.std) == (3, pytest.approx(0.7, abs=1e-15), pytest.approx(0.2, rel=1e-12))
     assert (adamw.n, adamw.mean, adamw.std) == (3, pytest.approx(0.5, abs=1e-15), pytest.approx(math.sqrt(0.03)))
     t_975 = 0.95 / math.sqrt(2 * 0.975 * 0.025)  # df=2 closed form: t_p = (2p - 1) / sqrt(2p(1 - p))
@@ -77,10 +77,10 @@ def test_table_statistics_are_exact(tmp_path: Path, make_run: RunWriter) -> None
     # the gap triple first, then the implicit-regularization metrics, cost last
     assert report.metrics == [
         "train/loss",
-        "val/loss",
+        "test/loss",
         "gap/loss",
         "train/acc",
-        "val/acc",
+        "test/acc",
         "gap/acc",
         "geom/sharpness",
         "wall_time_s",
@@ -98,17 +98,17 @@ def test_cli_writes_the_report_and_counts_broken_runs_apart(
     assert "optimizer=adamw − optimizer=sgd: paired over seeds 0, 1, 2" in printed
 
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    row = next(r for r in rows if r["group"] == "optimizer=sgd" and r["metric"] == "val/loss")
+    row = next(r for r in rows if r["group"] == "optimizer=sgd" and r["metric"] == "test/loss")
     assert (float(row["mean"]), float(row["std"]), row["n"], row["optimizer"]) == (
         pytest.approx(0.7, abs=1e-15),
         pytest.approx(0.2, rel=1e-12),
         "3",
         "sgd",
     )
-    adamw = next(r for r in rows if r["group"] == "optimizer=adamw" and r["metric"] == "val/loss")
+    adamw = next(r for r in rows if r["group"] == "optimizer=adamw" and r["metric"] == "test/loss")
     assert (adamw["finished"], adamw["diverged"], adamw["failed"], adamw["missing"]) == ("3", "1", "1", "0")
 
-    comparison = next(r for r in csv.DictReader((out / "comparisons.csv").open()) if r["metric"] == "val/loss")
+    comparison = next(r for r in csv.DictReader((out / "comparisons.csv").open()) if r["metric"] == "test/loss")
     t = 2 * math.sqrt(3)  # differences adamw − sgd: -0.1, -0.3, -0.2
     assert (comparison["group_a"], comparison["group_b"], comparison["seeds"]) == (
         "optimizer=adamw",
@@ -162,10 +162,10 @@ def test_missing_and_incomplete_runs_are_reported_not_crashed_on(
     sweep = tmp_path / "sweep"
     write_multirun_yaml(sweep, ["optimizer=sgd,lion", "seed=0,1"])
     make_run(
-        sweep / "0", seed=0, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0), final={"val/loss": 1.0}
+        sweep / "0", seed=0, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0), final={"test/loss": 1.0}
     )
     make_run(
-        sweep / "1", seed=1, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0), final={"val/loss": 1.2}
+        sweep / "1", seed=1, overrides={"optimizer": "sgd"}, history=curve_history(2.0, 1.0), final={"test/loss": 1.2}
     )
     make_run(
         sweep / "2",
@@ -235,11 +235,11 @@ def test_per_tensor_breakdowns_only_on_request(tmp_path: Path, make_run: RunWrit
                 "geom/grad_l1/odd": 5.0,
             }
         ]
-        make_run(tmp_path / str(seed), seed=seed, history=history, final={"val/loss": 1.0})
+        make_run(tmp_path / str(seed), seed=seed, history=history, final={"test/loss": 1.0})
     keys, groups = group_runs(find_runs([tmp_path]))
     default = build_report(keys, groups)
     # geom/grad_l1/odd stays: there is no aggregate geom/grad_l1 it breaks down
-    assert default.metrics == ["val/loss", "geom/grad_l1/odd", "geom/weight_norm", "wall_time_s"]
+    assert default.metrics == ["test/loss", "geom/grad_l1/odd", "geom/weight_norm", "wall_time_s"]
     assert default.per_tensor_left_out == 2
     assert default.estimates[("all runs", "geom/weight_norm")].mean == 3.5
     full = build_report(keys, groups, per_tensor=True)

@@ -28,7 +28,7 @@ def test_finished_run_final_metrics_and_history(tmp_path: Path, make_run: RunWri
         make_run(
             tmp_path / "r",
             seed=3,
-            final={"train/loss": 1.0, "val/loss": 1.1, "gap/loss": 0.1, "lr": 0.1},
+            final={"train/loss": 1.0, "test/loss": 1.1, "gap/loss": 0.1, "lr": 0.1},
             history=history,
         )
     )
@@ -37,12 +37,12 @@ def test_finished_run_final_metrics_and_history(tmp_path: Path, make_run: RunWri
     # and the acc metrics this summary lacks); never lr or the batch loss
     assert run.final == {
         "train/loss": 1.0,
-        "val/loss": 1.1,
+        "test/loss": 1.1,
         "gap/loss": 0.1,
         "wall_time_s": 1.0,
         "geom/sharpness": 4.0,
         "train/acc": 0.9,
-        "val/acc": pytest.approx(0.85, abs=1e-12),
+        "test/acc": pytest.approx(0.85, abs=1e-12),
         "gap/acc": pytest.approx(-0.05, abs=1e-12),
     }
     assert run.history["train/loss"].steps.tolist() == [10, 20]
@@ -167,4 +167,4 @@ def test_bad_paths_are_one_line_errors(tmp_path: Path) -> None:
 
 def test_history_arrays_are_numpy(tmp_path: Path, make_run: RunWriter) -> None:
     run = load_run_dir(make_run(tmp_path / "r", seed=0, history=curve_history(1.0, 0.5)))
-    assert run.history["val/acc"].values.dtype == np.float64
+    assert run.history["test/acc"].values.dtype == np.float64

@@ -43,7 +43,7 @@ def test_paired_t_pvalue_matches_closed_form_for_two_degrees_of_freedom() -> Non
     # Three seeds: differences 0.1, 0.3, 0.2 -> mean 0.2, std 0.1, t = 0.2 / (0.1 / sqrt 3) = 2 sqrt 3.
     # For df=2 the t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided p is 1 - |t| / sqrt(2 + t^2).
     comparison = paired_comparison(
-        "val/loss", "a", {0: 1.1, 1: 1.3, 2: 1.2, 7: 9.0}, "b", {0: 1.0, 1: 1.0, 2: 1.0, 3: 5.0}
+        "test/loss", "a", {0: 1.1, 1: 1.3, 2: 1.2, 7: 9.0}, "b", {0: 1.0, 1: 1.0, 2: 1.0, 3: 5.0}
     )
     t = 2 * math.sqrt(3)
     assert comparison.seeds == (0, 1, 2)  # only the common seeds

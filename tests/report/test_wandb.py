@@ -20,7 +20,7 @@ from tests.report.conftest import RunWriter, curve_history
 class FakeWandbRun:
     """The parts of ``wandb.apis.public.Run`` the report reads."""
 
-    def __init__(self, name: str, seed: int, optimizer: str, status: str | None, state: str, val_loss: float) -> None:
+    def __init__(self, name: str, seed: int, optimizer: str, status: str | None, state: str, test_loss: float) -> None:
         self.path = ["me", "memexp", name]
         self.state = state
         self.config = {
@@ -31,8 +31,8 @@ class FakeWandbRun:
         self.summary = {
             "_runtime": 3.0,
             "train/loss": 0.5,
-            "val/loss": val_loss,
-            "gap/loss": val_loss - 0.5,
+            "test/loss": test_loss,
+            "gap/loss": test_loss - 0.5,
             "step": 20,
             "max_steps": 20,
             **({"status": status} if status else {}),
@@ -57,7 +57,7 @@ def test_spec_parsing() -> None:
 def test_wandb_run_becomes_a_record() -> None:
     record = record_from_wandb(FakeWandbRun("abc", 2, "adamw", "finished", "finished", 0.75))
     assert (record.source, record.status, record.seed, record.step) == ("wandb:me/memexp/abc", FINISHED, 2, 20)
-    assert record.final["val/loss"] == 0.75 and record.final["geom/sharpness"] == 3.0
+    assert record.final["test/loss"] == 0.75 and record.final["geom/sharpness"] == 3.0
     assert record.setting("optimizer.name") == "adamw" and "_wandb.internal" not in record.config
     assert record.history["train/loss"].steps.tolist() == [10, 20]
     assert record_from_wandb(FakeWandbRun("d", 0, "sgd", "diverged", "finished", 1.0)).status == DIVERGED
@@ -99,7 +99,7 @@ def test_cli_reads_wandb_runs_next_to_local_ones(
     assert requested == [WandbSpec("me", "memexp", "sweep1")]
     text = (out / "report.md").read_text()
     # grouped by the optimizer's name, not by its (name-determined) learning rate
-    assert "| val/loss | 0.8667 ± 0.1155 [0.5798, 1.154] | 1.033 ± 0.1528 [0.6539, 1.413] |" in text
+    assert "| test/loss | 0.8667 ± 0.1155 [0.5798, 1.154] | 1.033 ± 0.1528 [0.6539, 1.413] |" in text
     assert "### optimizer=adamw − optimizer=sgd (seeds 0, 1, 2)" in text
     assert "Inputs: `wandb:me/memexp:sweep1`" in text
     capsys.readouterr()
@@ -117,7 +117,7 @@ def test_log_wandb_offline_logs_every_plot_and_the_table(
             tmp_path / "sweep" / str(seed),
             seed=seed,
             history=curve_history(2.0 + seed, 1.0),
-            final={"val/loss": 1.0 + seed},
+            final={"test/loss": 1.0 + seed},
         )
     sweep = tmp_path / "sweep"
     assert memexp_main(["report", str(sweep), "--quiet", "--log-wandb"]) == 0
@@ -127,7 +127,7 @@ def test_log_wandb_offline_logs_every_plot_and_the_table(
     assert logged == written and len(written) == 5
     (table,) = (run_dir / "files" / "media" / "table").rglob("*.table.json")
     rows = json.loads(table.read_text())["data"]
-    assert ["all runs", "val/loss", 2, 1.5] == rows[[r[1] for r in rows].index("val/loss")][:4]
+    assert ["all runs", "test/loss", 2, 1.5] == rows[[r[1] for r in rows].index("test/loss")][:4]
     # a second report keeps the first report's offline run (it may not be synced yet)
     assert memexp_main(["report", str(sweep), "--quiet", "--no-plots"]) == 0
     assert (sweep / "report" / "wandb" / run_dir.name).is_dir()
