@@ -222,6 +222,65 @@ class PathsConfig:
     data_root: str = "${oc.env:MEMEXP_DATA,'~/.cache/memexp'}"
 
 
+class TuneSearch(Enum):
+    grid = "grid"  # every combination of the swept values
+    random = "random"  # tune.trials quasi-random (Halton) points within the swept values' range
+
+
+class TuneObjective(Enum):
+    final = "final"  # the metric at the end of training
+    best = "best"  # the best value logged during training
+    steps_to_target = "steps_to_target"  # the (interpolated) step where the metric first reaches tune.target
+
+
+class TuneMode(Enum):
+    min = "min"
+    max = "max"
+
+
+@dataclass
+class TuneConfig:
+    """`memexp tune`: search per arm on the validation split, then confirm the chosen setting on
+    fresh seeds (memexp/tune.py). Read only by the tune sweeper, never by a training job."""
+
+    params: list[str] = field(default_factory=lambda: ["optimizer.lr", "optimizer.weight_decay"])
+    seeds: int = 2  # tuning seeds per trial
+    confirm_seeds: int = 10  # fresh seeds for each arm's chosen setting (disjoint from the tuning seeds)
+    seed_base: int = 0  # tuning seeds are seed_base, seed_base+1, ...; confirmation seeds follow them
+    objective: TuneObjective = TuneObjective.final
+    metric: str = "val/loss"  # a validation metric: selection never reads test/*
+    mode: TuneMode = TuneMode.min
+    target: float | None = None  # objective=steps_to_target: the value the metric must reach
+    search: TuneSearch = TuneSearch.grid
+    trials: int = 16  # search=random: trials per arm (every arm gets the same number)
+    search_seed: int = 0  # search=random: the quasi-random sequence's shift
+    extend_edges: bool = False  # grid: a chosen value on the grid's edge adds one point beyond it
+    max_extensions: int = 2  # ... at most this many times per arm
+    # Per-arm search spaces: {"optimizer=lion": {"optimizer.lr": [3e-5, 1e-4, 3e-4]}}; the command
+    # line's swept values of a tuned key take precedence for every arm.
+    spaces: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        require(len(self.params) > 0, "params", self.params, "a non-empty list of config keys")
+        require(self.seeds >= 1, "seeds", self.seeds, "an integer >= 1")
+        require(self.confirm_seeds >= 1, "confirm_seeds", self.confirm_seeds, "an integer >= 1 (>= 10 for a claim)")
+        require(self.seed_base >= 0, "seed_base", self.seed_base, "an integer >= 0")
+        require(
+            self.metric.startswith("val/"),
+            "metric",
+            self.metric,
+            "a validation metric (val/...): selection must never read the test split",
+        )
+        require(
+            self.objective is not TuneObjective.steps_to_target or self.target is not None,
+            "target",
+            self.target,
+            "a number when tune.objective=steps_to_target",
+        )
+        require(self.trials >= 1, "trials", self.trials, "an integer >= 1")
+        require(self.max_extensions >= 0, "max_extensions", self.max_extensions, "an integer >= 0")
+
+
 @dataclass
 class TrainConfig:
     task_name: str = "train"
@@ -233,6 +292,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     experiment: Any = None  # name of the preset in use, set by the preset itself
     # Experiment presets size themselves with ${by_size:<tiny value>,<small value>}.
     size: Size = Size.small

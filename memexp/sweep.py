@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 KEY_FILE = "job_key.txt"
 # Config keys that do not change a run's result, so they are left out of the job key.
-NON_RESULT_KEYS = ("logger", "paths", "experiment")
+NON_RESULT_KEYS = ("logger", "paths", "experiment", "task_name", "tune")
 NON_RESULT_TRAINER_KEYS = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "device")
 
 

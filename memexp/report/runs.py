@@ -25,7 +25,9 @@ from memexp.errors import MemexpError
 from memexp.splits import EVAL_PREFIXES
 
 FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING = "finished", "diverged", "failed", "incomplete", "missing"
-STATUSES = (FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING)
+# A finished run that `report --at` cannot read (it never reaches the matched-fit target).
+NOT_REACHED = "not reached"
+STATUSES = (FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING, NOT_REACHED)
 
 # History keys that are bookkeeping, not results: never a "final metric" (``train/batch_loss`` is a
 # running mean over the last log interval; ``train/loss`` is the measured one).
