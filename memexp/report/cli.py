@@ -25,9 +25,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from memexp.errors import MemexpError
 from memexp.report.aggregate import Report, build_report
 from memexp.report.grouping import DEFAULT_IGNORED, find_group, group_runs
+from memexp.report.reading import parse_reading, read_run
 from memexp.report.render import markdown, print_report, write_csvs
 from memexp.report.runs import RunRecord, find_runs
 from memexp.report.stats import Band
+from memexp.report.tune_study import TuneStudy, read_tune_study
 from memexp.report.wandb_source import WandbSpec, fetch_runs, parse_spec
 
 if TYPE_CHECKING:
@@ -39,6 +41,9 @@ print the table and write report.md, summary.csv, runs.csv, comparisons.csv and 
 
 EPILOG = """examples:
   memexp report outputs/train/multiruns/2026-11-25_14-30-08
+  memexp report outputs/tune/multiruns/2026-11-25_15-00-00      # a tune study: its confirmation runs
+  memexp report SWEEP --at train/loss=0.5                       # every run read at matched training loss
+  memexp report SWEEP --at step=1000
   memexp report sweep_a sweep_b --out reports/lion_vs_adamw --baseline optimizer=adamw
   memexp report --wandb me/memexp:train-2026-11-25_14-30-08 --out reports/from_wandb"""
 
@@ -108,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="for --log-wandb (default: $WANDB_MODE, else offline)",
     )
+    parser.add_argument(
+        "--at",
+        type=parse_reading,
+        metavar="METRIC=VALUE|step=N",
+        help="read every metric where each run's METRIC first reaches VALUE (matched fit, e.g. train/loss=0.5; "
+        "runs that never reach it are listed apart) or at step N, interpolating linearly between logged points",
+    )
+    parser.add_argument(
+        "--all-runs",
+        action="store_true",
+        help="on a tune study dir: every run (search and confirmation) instead of the confirmation runs",
+    )
     parser.add_argument("--quiet", action="store_true", help="no table and no progress bar on the terminal")
     return parser
 
@@ -156,12 +173,25 @@ def check_args(args: argparse.Namespace) -> None:
 def load_runs(args: argparse.Namespace, spec: WandbSpec | None, steps: Steps) -> list[RunRecord]:
     runs: list[RunRecord] = []
     if args.paths:
+        paths = args.paths
+        study = tune_study(args)
+        if study is not None:
+            paths = study.confirmation_dirs
+            args.group_by = args.group_by or study.arm_keys
         with steps.task("reading run dirs") as advance:
-            runs += find_runs(args.paths, advance)
+            runs += find_runs(paths, advance)
     if spec is not None:
         with steps.task(f"reading W&B {spec}") as advance:
             runs += fetch_runs(spec, advance)
     return runs
+
+
+def tune_study(args: argparse.Namespace) -> TuneStudy | None:
+    """A single PATH that is a `memexp tune` study dir (it holds tune.json): its confirmation runs,
+    unless --all-runs."""
+    if len(args.paths) != 1 or args.all_runs:
+        return None
+    return read_tune_study(Path(args.paths[0]).expanduser())
 
 
 def check_target(target: Path) -> None:
@@ -218,6 +248,8 @@ def run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     steps = Steps(enabled=not args.quiet)
     with steps.progress:
         runs = load_runs(args, spec, steps)
+        if args.at is not None:
+            runs = [read_run(run, args.at) for run in runs]
         keys, groups = group_runs(runs, args.group_by, args.ignore)
         baseline = find_group(groups, args.baseline, "--baseline") if args.baseline else None
         report = build_report(keys, groups, args.confidence, baseline, args.per_tensor)
@@ -234,13 +266,19 @@ def run_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
             command = shlex.join(["memexp", "report", *argv])
             created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
             inputs = [*args.paths, *([f"wandb:{spec}"] if spec else [])]
-            (building / "report.md").write_text(markdown(report, plots, command, inputs, created))
+            notes = [args.at.describe().capitalize() + "."] if args.at is not None else []
+            study = tune_study(args)
+            if study is not None:
+                notes.append("\n".join(study.summary_lines()))
+            (building / "report.md").write_text(markdown(report, plots, command, inputs, created, notes))
             replace_dir(building, out)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
     if not args.quiet:
         print_report(report)
+        if args.at is not None:
+            print(args.at.describe())
     print(f"report written to {out}/ (report.md, summary.csv, runs.csv, comparisons.csv, {len(plots)} plots)")
     if args.log_wandb:
         project = args.wandb_project or (spec.path if spec else "memexp")

@@ -156,7 +156,14 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def markdown(report: Report, plots: Sequence[PlotFile], command: str, inputs: Sequence[str], created: str) -> str:
+def markdown(
+    report: Report,
+    plots: Sequence[PlotFile],
+    command: str,
+    inputs: Sequence[str],
+    created: str,
+    notes: Sequence[str] = (),
+) -> str:
     pct = round(report.confidence * 100)
     lines = [
         "# memexp report",
@@ -168,6 +175,7 @@ def markdown(report: Report, plots: Sequence[PlotFile], command: str, inputs: Se
         f"Runs: {status_line(report)}. {grouping_line(report).capitalize()}. Only finished runs enter the "
         "statistics; the others are listed below.",
         "",
+        *(line for note in notes for line in (note, "")),
         f"## Final metrics (mean ± std over seeds, [{pct}% t-interval])",
         "",
     ]
