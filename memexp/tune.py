@@ -185,7 +185,7 @@ def plan_arms(overrides: Sequence[Any], tune: TuneConfig) -> tuple[list[Arm], li
         if bare_key == SEED_KEY:
             raise ConfigValueError(
                 SEED_KEY,
-                override.get_value_element_as_str(),
+                ",".join(sweep_values(override)),
                 "set by memexp tune: use tune.seeds (tuning seeds) and tune.confirm_seeds (fresh seeds)",
             )
         values = sweep_values(override)
