@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,12 @@ from rich.table import Table
 from memexp import sweep
 
 
-def compose_jobs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
-    """The sweep-level config and (overrides, config) for every job of ``train -m <overrides>``."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+def compose_sweep(overrides: list[str]) -> tuple[DictConfig, Callable[[list[str]], DictConfig]]:
+    """The sweep-level config of ``train -m <overrides>`` and a function composing one job's config
+    from its overrides, as Hydra's launchers do."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     from memexp.train import config_dir, register_configs
@@ -38,10 +38,18 @@ def compose_jobs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str]
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=create_config_search_path(config_dir()))
     cfg = hydra.compose_config("train", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    return cfg, lambda job: hydra.config_loader.load_sweep_config(cfg, list(job))
+
+
+def compose_jobs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
+    """The sweep-level config and (overrides, config) for every job of ``train -m <overrides>``."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg, compose_job = compose_sweep(overrides)
     task_overrides = sweep.sweep_overrides(cfg)
     batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
-    jobs = [(list(job), hydra.config_loader.load_sweep_config(cfg, list(job))) for batch in batches for job in batch]
-    return cfg, jobs
+    return cfg, [(list(job), compose_job(list(job))) for batch in batches for job in batch]
 
 
 def submission_script(launcher: dict[str, Any], choice: str, num_jobs: int) -> str:
@@ -73,10 +81,17 @@ def main() -> int:
 
     overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
     if any(a in ("-h", "--help") for a in overrides):
-        print("usage: memexp plan <the overrides of memexp train -m ...>\n\n" + (__doc__ or ""))
+        print("usage: memexp plan [tune] <the overrides of memexp train -m (or memexp tune) ...>\n\n" + (__doc__ or ""))
         return 0
+    plan_tune = bool(overrides) and overrides[0] == "tune"
+    after: list[str] = []
     try:
-        cfg, jobs = compose_jobs(overrides)
+        if plan_tune:
+            from memexp.tune import plan_search
+
+            cfg, jobs, after = plan_search(overrides[1:])
+        else:
+            cfg, jobs = compose_jobs(overrides)
         for _, job_cfg in jobs:
             from memexp.train import check_config
 
@@ -90,7 +105,8 @@ def main() -> int:
     choice = cfg.hydra.runtime.choices.get("hydra/launcher", "basic")
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
     sweeps_root = (Path(str(cfg.paths.output_root)) / str(cfg.task_name) / "multiruns").resolve()
-    table = Table(title=f"memexp plan: {len(jobs)} jobs, launcher {choice}, sweep dir {sweep_dir}")
+    what = "memexp tune: search" if plan_tune else "memexp plan"
+    table = Table(title=f"{what}: {len(jobs)} jobs, launcher {choice}, sweep dir {sweep_dir}")
     for column in ("job", "overrides", "job key", "on this run"):
         table.add_column(column)
     for index, (job_overrides, job_cfg) in enumerate(jobs):
@@ -101,6 +117,8 @@ def main() -> int:
             action = f"{'reuse' if previous.status == 'finished' else 'resume'} {previous.run_dir}"
         table.add_row(str(index), " ".join(filter_overrides(job_overrides)), key, action)
     Console(width=200).print(table)
+    for line in after:
+        print(line)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert isinstance(launcher, dict)
     launcher.pop("_target_", None)

@@ -836,6 +836,40 @@ class StudyProgress:
 # The command
 
 
+def plan_search(overrides: list[str]) -> tuple[Any, list[tuple[list[str], Any]], list[str]]:
+    """What `memexp tune <overrides>` would run first, without running it (for `memexp plan tune`):
+    the sweep config, (overrides, composed config) of every search job, and lines describing what
+    follows (extensions and confirmation depend on the search's results)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from memexp.plan import compose_sweep
+
+    cfg, compose_job = compose_sweep(["hydra/sweeper=tune", TASK_NAME_OVERRIDE, *overrides])
+    tune: TuneConfig = OmegaConf.to_object(cfg.tune)  # type: ignore[assignment]
+    try:
+        tune.check()
+    except ConfigValueError as error:
+        raise error.with_prefix("tune") from None
+    params = dict(cfg.hydra.sweeper.get("params") or {})
+    arguments = sweep_arguments(params, list(cfg.hydra.overrides.task))
+    arms, fixed = plan_arms(OverridesParser.create().parse_overrides(arguments), tune)
+    study = Study(tune, arms, fixed, *seeds_of(tune))
+    jobs = [(job.overrides, compose_job(job.overrides)) for job in study.search_jobs()]
+    after = [
+        f"then: {len(arms)} arms x {tune.confirm_seeds} confirmation seeds {study.confirm_seeds} = "
+        f"{len(arms) * tune.confirm_seeds} confirmation jobs with each arm's chosen setting",
+    ]
+    if tune.extend_edges:
+        after.append(f"and up to {tune.max_extensions} edge extensions per arm before that (grid search only)")
+    for arm in arms:
+        space = "; ".join(
+            f"{k}: {', '.join(format_value(v) for v in vs)} ({arm.space_source[k]})" for k, vs in arm.space.items()
+        )
+        after.append(f"arm {arm.label}: {space}")
+    return cfg, jobs, after
+
+
 def main() -> int:
     """`memexp tune <overrides>`: `memexp train -m` with the tune sweeper."""
     args = sys.argv[1:]

@@ -260,7 +260,7 @@ def test_a_killed_study_resumes_without_rerunning_finished_jobs(tmp_path: Path) 
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     done_before = finished_jobs(first)
-    assert 3 <= len(done_before) < 8 and not (first / "tune.json").exists() or len(done_before) < 8
+    assert 3 <= len(done_before) < 8  # killed mid-study (8 jobs: 4 search, 4 confirmation)
 
     resumed = run_memexp(*STUDY, study_dir(tmp_path, "resumed"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
