@@ -33,6 +33,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ from memexp.config import TuneConfig, TuneMode, TuneObjective, TuneSearch
 from memexp.errors import ConfigValueError, MemexpError
 
 TUNE_JSON, TUNE_MD = "tune.json", "tune.md"
+# Wall times of the study's parts (kept out of tune.json, which is deterministic).
+TUNE_TIMING = "tune_timing.json"
 TUNE_FORMAT = 1
 SEED_KEY = "seed"
 TASK_NAME_OVERRIDE = "task_name=tune"  # studies live under <output_root>/tune/
@@ -730,15 +733,19 @@ def run_study(
     study_dir = Path(str(config.hydra.sweep.dir))
     command = "memexp tune " + " ".join(a for a in arguments if a != TASK_NAME_OVERRIDE)
     progress = StudyProgress(study)
+    started, in_jobs = time.perf_counter(), 0.0
 
     def run(jobs: list[Job], phase: str) -> None:
+        nonlocal in_jobs
         if not jobs:
             return
         if validate is not None:
             validate([job.overrides for job in jobs])
         chunks = [[job] for job in jobs] if is_serial else [jobs]
         for chunk in chunks:
+            launched = time.perf_counter()
             returns = launch([job.overrides for job in chunk], chunk[0].num)
+            in_jobs += time.perf_counter() - launched
             for job, job_return in zip(chunk, returns):
                 run_dir = job_output_dir(job_return, study_dir, job.num)
                 study.run_dirs[job.num] = relative(run_dir, study_dir)
@@ -769,6 +776,9 @@ def run_study(
             progress.warn(f"{label}: chosen {key}={format_value(study.chosen[label][key])} is on the {side} edge")
     run(study.confirmation_jobs(), CONFIRMATION)
     write_outputs(study, study_dir, command)
+    total = time.perf_counter() - started
+    timing = {"study_s": total, "jobs_s": in_jobs, "orchestration_s": total - in_jobs, "jobs": len(study.jobs)}
+    (study_dir / TUNE_TIMING).write_text(json.dumps(timing, indent=2) + "\n")
     progress.finish(study_dir)
     return study
 
