@@ -33,6 +33,7 @@ commands:
   memexp train optimizer=adamw model=cnn seed=1  # Hydra overrides
   memexp train -m optimizer=sgd,adamw seed=0,1   # a sweep of 4 runs
   memexp plan hydra/launcher=slurm optimizer=sgd,adamw seed=0,1  # what that sweep would submit
+  memexp tune optimizer=sgd,adamw optimizer.lr=1e-3,1e-2,1e-1    # tune each arm on validation, confirm
 """
 
 COMPLETION_FLAGS = ("-sc", "--shell-completion")

@@ -347,9 +347,6 @@ class Study:
     extensions: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def arm(self, label: str) -> Arm:
-        return next(arm for arm in self.arms if arm.label == label)
-
     def add_trials(self, arm: Arm, points: list[dict[str, Any]], phase: str, round_: int) -> list[Job]:
         """Register trials and their jobs (numbered after every earlier job)."""
         new_jobs = []
