@@ -534,12 +534,17 @@ def sort_key(value: Any) -> tuple[int, Any]:
     return (0, number) if number is not None else (1, str(value))
 
 
-def write_outputs(study: Study, study_dir: Path, command: str) -> None:
+def write_outputs(study: Study, study_dir: Path, command: str, plots: bool = True) -> None:
+    """tune.json and tune.md (after every batch, so a killed study shows how far it got); the score
+    plots only when asked (at the end of each phase: matplotlib costs about a second)."""
     from memexp.logging.base import write_text_atomic
 
     write_text_atomic(study_dir / TUNE_JSON, json.dumps(study.to_json(), indent=2) + "\n")
-    plots = write_score_plots(study, study_dir)
-    write_text_atomic(study_dir / TUNE_MD, markdown(study, command, plots))
+    if plots:
+        files = write_score_plots(study, study_dir)
+    else:
+        files = sorted(path.name for path in study_dir.glob("tune_*.png"))
+    write_text_atomic(study_dir / TUNE_MD, markdown(study, command, files))
 
 
 def write_score_plots(study: Study, study_dir: Path) -> list[str]:
@@ -753,11 +758,12 @@ def run_study(
                 else:
                     study.scores[job.num], study.statuses[job.num] = score_run(run_dir, tune)
                 progress.job_done(job, phase)
-            write_outputs(study, study_dir, command)
+            write_outputs(study, study_dir, command, plots=False)
 
     run(study.search_jobs(), SEARCH)
     for arm in arms:
         study.select(arm.label)
+    write_outputs(study, study_dir, command)
     if tune.extend_edges and tune.search is TuneSearch.grid:
         for round_ in range(1, tune.max_extensions + 1):
             jobs = study.extension_jobs(round_)
