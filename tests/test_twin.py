@@ -290,3 +290,15 @@ def test_resumed_twin_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     after = json.loads((resumed / "summary.json").read_text())
     expected = json.loads((straight / "summary.json").read_text())
     assert {k: after[k] for k in TWIN_KEYS | UNCORRECTED_KEYS} == {k: expected[k] for k in TWIN_KEYS | UNCORRECTED_KEYS}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (dict(twin=True, devices=2, batch_size=64), "twin=True is not allowed: true only with trainer.devices=1"),
+        (dict(twin_uncorrected=True), "twin_uncorrected=True is not allowed: true only with trainer.twin=true"),
+    ],
+)
+def test_trainer_twin_settings_are_checked(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigValueError, match=message.replace("(", r"\(")):
+        TrainerConfig(**values).check()
