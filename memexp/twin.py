@@ -14,7 +14,8 @@ Logged at each log step: ``twin/distance`` = ‖θ − θ̃‖ over the trained 
 window, like ``train/batch_loss``) and ``twin/loss_diff`` = twin/loss − train/batch_loss. With
 ``trainer.twin_uncorrected=true`` a third copy runs the plain memoryless optimizer
 (``correction=false``) and adds ``twin/distance_uncorrected``, ``twin/rel_distance_uncorrected``,
-``twin/loss_uncorrected``.
+``twin/loss_uncorrected``. A twin whose distance or loss is no longer finite has diverged: it is
+not stepped any more and logs nan from then on.
 
 The twin is exact (``correction_scale=1``): at practical learning rates it may leave the regime
 where it tracks the run, or diverge (docs/optimizers.md, "Stable correction_scale"); a growing
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -88,6 +90,9 @@ class TwinCopy:
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
     loss_sum: Tensor
+    # Set at the first log step whose distance or loss is not finite: the twin cannot come back from
+    # inf/nan weights, so it is no longer stepped (the run stops paying for it) and logs nan.
+    diverged: bool = False
 
 
 class Twin:
@@ -131,6 +136,8 @@ class Twin:
         loss = main_step()
         after = RNGSnapshot(self.params)
         for twin in self.copies:
+            if twin.diverged:
+                continue
             for twin_group, group in zip(twin.optimizer.param_groups, optimizer.param_groups, strict=True):
                 twin_group["lr"] = group["lr"]
             before.restore()
@@ -170,6 +177,9 @@ class Twin:
         out: dict[str, float] = {}
         for index, twin in enumerate(self.copies):
             distance, loss = host[1 + 2 * index], host[2 + 2 * index]
+            twin.diverged = twin.diverged or not (math.isfinite(distance) and math.isfinite(loss))
+            if twin.diverged:
+                distance = loss = math.nan
             out[f"twin/distance{twin.suffix}"] = distance
             out[f"twin/rel_distance{twin.suffix}"] = distance / host[0] if host[0] > 0 else float("nan")
             if self.count > 0:
@@ -182,7 +192,11 @@ class Twin:
     def state_dict(self) -> dict[str, Any]:
         """The twins' weights and optimizer states, for the run's checkpoint (resume stays exact)."""
         return {
-            twin.suffix or "corrected": {"model": twin.model.state_dict(), "optimizer": twin.optimizer.state_dict()}
+            twin.suffix or "corrected": {
+                "model": twin.model.state_dict(),
+                "optimizer": twin.optimizer.state_dict(),
+                "diverged": twin.diverged,
+            }
             for twin in self.copies
         }
 
@@ -196,3 +210,4 @@ class Twin:
         for name, twin in zip(names, self.copies):
             twin.model.load_state_dict(state[name]["model"])
             twin.optimizer.load_state_dict(state[name]["optimizer"])
+            twin.diverged = bool(state[name]["diverged"])

@@ -86,6 +86,26 @@ def test_distance_is_zero_before_the_first_step_and_after_it_then_grows(name: st
     assert all(math.isfinite(d) for d in distances)
 
 
+def test_a_diverged_twin_logs_nan_and_is_no_longer_stepped() -> None:
+    lockstep = Lockstep("sgd", CASES["sgd"])
+    x, y = full_batch()
+    lockstep.step(x, y)
+    corrected, uncorrected = lockstep.twin.copies
+    with torch.no_grad():
+        next(corrected.model.parameters())[0, 0] = math.inf  # as after an overflow
+    measured = lockstep.twin.metrics()
+    assert math.isnan(measured["twin/distance"]) and math.isnan(measured["twin/loss"])
+    assert math.isfinite(measured["twin/distance_uncorrected"])
+    frozen = [p.clone() for p in corrected.model.parameters()]
+    moving = [p.clone() for p in uncorrected.model.parameters()]
+    lockstep.step(x, y)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, corrected.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(moving, uncorrected.model.parameters()))
+    again = lockstep.twin.metrics()
+    assert math.isnan(again["twin/distance"]) and math.isnan(again["twin/loss"])
+    assert lockstep.twin.state_dict()["corrected"]["diverged"] is True
+
+
 def test_the_run_is_the_same_with_and_without_the_twin() -> None:
     """The twin draws the run's dropout masks again and puts the generator back: the run's weights
     after 20 steps are bit for bit those of a run without a twin."""
