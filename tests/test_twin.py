@@ -254,6 +254,7 @@ def test_train_with_twin_logs_twin_metrics_at_every_log_step(tmp_path: Path, opt
     assert [e["step"] for e in events] == [5, 10, 15, 20]
     for event in events:
         assert TWIN_KEYS | UNCORRECTED_KEYS <= set(event), event
+        assert not any(key.startswith("optim/beta") for key in event)  # β_t only for adaptive memory
         # At the configs' default lr the exact twins of sgd and adamw leave the stable range within
         # 20 steps (docs/optimizers.md): non-finite values are logged as such ("nan"), not dropped.
         loss_diff = float(event["twin/loss"]) - event["train/batch_loss"]
