@@ -315,3 +315,15 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("by_size"):
         OmegaConf.register_new_resolver("by_size", by_size)
+    register_plugins()
+
+
+def register_plugins() -> None:
+    """memexp's Hydra plugins, registered by hand: Hydra finds plugins by walking the
+    ``hydra_plugins`` namespace package with pkgutil, which cannot see into an editable install
+    (``pip install -e .`` maps packages through an import hook), so the scan alone would miss them."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.memexp_tune import TuneSweeper
+
+    Plugins.instance().register(TuneSweeper)

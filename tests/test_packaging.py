@@ -13,8 +13,13 @@ from tests.conftest import REPO_ROOT
 
 def test_every_subpackage_is_listed() -> None:
     listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(path.parent.relative_to(REPO_ROOT).parts) for path in (REPO_ROOT / "memexp").rglob("__init__.py")}
+    found = {
+        ".".join(path.parent.relative_to(REPO_ROOT).parts)
+        for top in ("memexp", "hydra_plugins")
+        for path in (REPO_ROOT / top).rglob("__init__.py")
+    }
     assert found | {"memexp.conf"} == listed
+    assert not (REPO_ROOT / "hydra_plugins" / "__init__.py").exists()  # a namespace package, shared with others
 
 
 def test_wheel_ships_the_configs_and_a_non_editable_install_finds_them(tmp_path: Path) -> None:
@@ -54,3 +59,13 @@ def test_wheel_ships_the_configs_and_a_non_editable_install_finds_them(tmp_path:
     )
     assert job.returncode == 0, job.stderr
     assert "name: adamw" in job.stdout
+    # The tune sweeper (a Hydra plugin in the hydra_plugins namespace) is found from the wheel too.
+    plan = subprocess.run(
+        [sys.executable, "-m", "memexp.cli", "plan", "tune", "optimizer.lr=0.01,0.1", "trainer=quick"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert "memexp tune: search: 4 jobs" in plan.stdout
