@@ -117,7 +117,7 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, multirun: boo
     resume = run_cfg.trainer.resume is Resume.auto
     summary, problem = rundir.read_summary(run_dir)
     if resume and summary is not None and summary.get("status") == rundir.Status.FINISHED:
-        print(f"memexp: job already finished in {run_dir}; nothing to do (trainer.resume=never trains again)")
+        print(f"memexp: job already finished in {run_dir}; nothing to do (trainer.resume=never would train it again)")
         return objective(summary)
     if problem:
         print(f"memexp: {run_dir}: {problem}; running the job again")

@@ -77,14 +77,38 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+class _WriteErrorKeeper:
+    """A binary file handle that remembers why a write failed. torch.save's C++ zip writer turns
+    the OSError of a full disk into ``RuntimeError: ... unexpected pos``; the caller wants ENOSPC."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """``write(handle)`` to a temporary file in the same directory, fsync, then rename it over
     ``path``: a crash or a full disk leaves either the old file or the new one (and no temporary)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            keeper = _WriteErrorKeeper(handle)
+            try:
+                write(keeper)  # type: ignore[arg-type]
+            except Exception as error:
+                if keeper.error is not None and keeper.error is not error:
+                    raise keeper.error from error
+                raise
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared

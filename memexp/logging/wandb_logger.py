@@ -12,6 +12,7 @@ following jobs go offline at once instead of waiting again.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -110,4 +111,9 @@ def open_wandb(
         )
         if decided is not None:
             rundir.write_text_atomic(decided, f"offline: {reason}\n")
+        import wandb
+
+        wandb.teardown()  # the failed online attempt still holds the run id in W&B's service process
+        for attempt in (run_dir / "wandb").glob(f"run-*-{run_id_for(run_dir)}"):
+            shutil.rmtree(attempt, ignore_errors=True)  # so that `wandb sync` finds only the offline run
         return WandbLogger(cfg, run_dir, config, default_name, default_group, mode="offline")
