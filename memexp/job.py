@@ -87,6 +87,13 @@ def stop(error: BaseException, code: int, multirun: bool) -> NoReturn:
     sys.exit(code)
 
 
+def reject_input(error: MemexpError, run_dir: Path) -> NoReturn:
+    """Bad input: one line naming the key, exit 2, and nothing left on disk."""
+    remove_fresh_run_dir(run_dir, HydraConfig.get().job.name)
+    print(f"memexp: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_job(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -94,9 +101,7 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         run_cfg = check_config(cfg)
     except MemexpError as error:
-        remove_fresh_run_dir(run_dir, hydra_cfg.job.name)
-        print(f"memexp: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        reject_input(error, run_dir)
     if distributed.launched_by_torchrun():
         # One rank of a data-parallel job: the launching process holds the lock and reused any
         # earlier copy of the job; rank 0 logs and checkpoints.
@@ -124,9 +129,7 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, multirun: boo
     try:
         run = build_run(run_cfg)
     except MemexpError as error:
-        remove_fresh_run_dir(run_dir, hydra_cfg.job.name)
-        print(f"memexp: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        reject_input(error, run_dir)
     key = rundir.job_key(cfg)
     rundir.write_job_key(run_dir, key)
     if multirun and resume and not (run_dir / rundir.CHECKPOINT_DIR).is_dir():
