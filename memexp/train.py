@@ -299,7 +299,8 @@ def train(
                     progress.message(f"{stop.name} at step {step}: checkpoint saved")
                     stop.forward()
             last_eval = evaluate_gap(run)
-            logger.log(last_eval, step)
+            if resumed is None or resumed["step"] < run.max_steps:  # a final checkpoint follows its logged eval
+                logger.log(last_eval, step)
             if status is Status.RUNNING:
                 status = Status.FINISHED if all(math.isfinite(v) for v in last_eval.values()) else Status.DIVERGED
             if status is Status.FINISHED:

@@ -195,6 +195,18 @@ def test_broken_files_in_an_earlier_sweep_rerun_that_job_and_say_why(tmp_path: P
     assert rerun[2]["reused_from"] == str(jobs[2])
     assert {k: rerun[2][k] for k in RESULT_KEYS} == {k: originals[2][k] for k in RESULT_KEYS}
 
+    # The same sweep dir again, with a torn summary in place: that job says why and runs again (from
+    # its final checkpoint), to the same numbers and the same log; the others are left as they are.
+    metrics = (sweep / "0" / "metrics.jsonl").read_bytes()
+    (sweep / "0" / "summary.json").write_text('{"status": "fini')
+    third = run_memexp(*args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert f"{sweep / '0'}: summary.json unreadable: JSONDecodeError" in third.stdout
+    assert third.stdout.count("job already finished in") == 2 and "3 finished" in third.stdout
+    again = json.loads((sweep / "0" / "summary.json").read_text())
+    assert {k: again[k] for k in RESULT_KEYS} == {k: originals[0][k] for k in RESULT_KEYS}
+    assert (sweep / "0" / "metrics.jsonl").read_bytes() == metrics
+
 
 def closed_port() -> int:
     with socket.socket() as probe:
