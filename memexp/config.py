@@ -66,6 +66,9 @@ class TrainerConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 disables clipping
     progress: Progress = Progress.auto
     resume: Resume = Resume.auto
+    # The memoryless-corrected twin of the optimizer trains alongside (memexp/twin.py): twin/* metrics.
+    twin: bool = False
+    twin_uncorrected: bool = False  # also the plain memoryless copy (correction off): twin/*_uncorrected
 
     def check(self) -> None:
         require(self.max_steps > 0, "max_steps", self.max_steps, "an integer > 0")
@@ -93,6 +96,8 @@ class TrainerConfig:
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0")
         require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
         require(self.grad_clip >= 0.0, "grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
+        require(not self.twin or self.devices == 1, "twin", self.twin, "true only with trainer.devices=1")
+        require(self.twin or not self.twin_uncorrected, "twin_uncorrected", True, "true only with trainer.twin=true")
 
 
 WANDB_MODES = ("offline", "online", "disabled")

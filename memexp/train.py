@@ -30,12 +30,14 @@ from memexp.errors import ConfigValueError
 from memexp.logging import MetricLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
 from memexp.metrics import GeometryProbe
+from memexp.metrics.optimizer_family import has_adaptive_beta
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.rundir import CHECKPOINT_DIR, Status
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS, Task, evaluate
+from memexp.twin import Twin
 
 CONFIG_GROUPS = ("optimizer", "model", "data", "trainer", "logger", "metrics")
 
@@ -118,6 +120,7 @@ class Run:
     max_steps: int
     autocast: Callable[[], AbstractContextManager[Any]]
     geometry: GeometryProbe | None = None  # geom/* metrics on a fixed probe batch; None: metrics off
+    twin: Twin | None = None  # trainer.twin: the memoryless twin trained alongside (twin/* metrics)
 
 
 def build_run(cfg: RunConfig) -> Run:
@@ -129,6 +132,8 @@ def build_run(cfg: RunConfig) -> Run:
     data = DATASETS.build(cfg.data.name, cfg.data, device)
     task = TASKS[data.spec.task]()
     model = MODELS.build(cfg.model.name, cfg.model, data.spec).to(device)
+    autocast = autocast_for(device, trainer.precision)
+    twin = Twin(cfg.optimizer, trainer, model, task.loss, autocast) if trainer.twin else None  # initial weights
     groups = param_groups_weight_decay(model, cfg.optimizer.weight_decay, cfg.optimizer.no_decay)
     optimizer = OPTIMIZERS.build(cfg.optimizer.name, groups, cfg.optimizer)
     batches = data.train_iterator(trainer.batch_size, seed=cfg.seed)
@@ -151,8 +156,9 @@ def build_run(cfg: RunConfig) -> Run:
         batches=batches,
         eval_sets=eval_sets,
         max_steps=max_steps,
-        autocast=autocast_for(device, trainer.precision),
+        autocast=autocast,
         geometry=geometry,
+        twin=twin,
     )
 
 
@@ -197,6 +203,7 @@ def training_state(run: Run, step: int, wall_time_s: float = 0.0) -> dict[str, A
         "scheduler": run.scheduler.state_dict(),
         "data": run.batches.state_dict(),
         "rng": ckpt.rng_state(),
+        **({"twin": run.twin.state_dict()} if run.twin is not None else {}),
     }
 
 
@@ -206,6 +213,8 @@ def restore_training_state(run: Run, state: dict[str, Any]) -> int:
     run.scheduler.load_state_dict(state["scheduler"])
     run.batches.load_state_dict(state["data"])
     ckpt.set_rng_state(state["rng"])
+    if run.twin is not None:
+        run.twin.load_state_dict(state.get("twin"))
     return int(state["step"])
 
 
@@ -254,7 +263,8 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
         return loss
 
-    status, last_eval, last_geometry = Status.RUNNING, {}, {}
+    status, last_eval, last_geometry, last_twin = Status.RUNNING, {}, {}, {}
+    adaptive_memory = has_adaptive_beta(run.optimizer)
     geometry = run.geometry if is_main else None  # metrics need no other rank: rank 0 logs them
     with GracefulStop() as stop:
         try:
@@ -266,7 +276,10 @@ def train(
                 measure = geometry is not None and geometry.due(step + 1)
                 if measure:
                     geometry.remember_weights()  # for the update-to-weight ratio; metrics steps only
-                loss = run.optimizer.step(closure)
+                if run.twin is None:
+                    loss = run.optimizer.step(closure)
+                else:
+                    loss = run.twin.step_alongside(lambda: run.optimizer.step(closure), run.optimizer, x, y)
                 run.scheduler.step()
                 step += 1
                 loss_sum += loss.detach()  # no host sync here: the loss is read only at log steps
@@ -277,7 +290,14 @@ def train(
                     loss_count = 0
                     lr = run.optimizer.param_groups[0]["lr"]
                     epoch = step / run.batches.steps_per_epoch
-                    logger.log({"train/batch_loss": batch_loss, "lr": lr, "epoch": epoch}, step)
+                    logged = {"train/batch_loss": batch_loss, "lr": lr, "epoch": epoch}
+                    if adaptive_memory:  # β_t at every log step, not only at metrics passes
+                        stats = run.optimizer.last_stats  # computed lazily: one transfer for all its values
+                        logged.update({f"optim/{k}": v for k, v in stats.items() if k.startswith("beta_")})
+                    if run.twin is not None:
+                        last_twin = run.twin.metrics(batch_loss)
+                        logged.update(last_twin)
+                    logger.log(logged, step)
                     progress.update(step, batch_loss, lr)
                     if not math.isfinite(batch_loss):
                         status = Status.DIVERGED
@@ -312,6 +332,7 @@ def train(
                 lr=run.optimizer.param_groups[0]["lr"],
                 **last_eval,
                 **last_geometry,
+                **last_twin,
             )
             if geometry is not None:
                 summary["metrics_time_s"] = sum(geometry.seconds)  # the cost of the geom/* passes

@@ -18,7 +18,7 @@ PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
     "lion_vs_adamw": (9, ["optimizer=lion"], {"geom/correction", "geom/grad_l1", "gap/acc"}),
     "memory_vs_memoryless": (18, ["optimizer=adamw_memoryless"], {"geom/correction", "gap/loss"}),
     "rmed_adam_vs_sgd": (6, ["optimizer=adamw"], {"geom/r_med", "gap/loss", "gap/ppl_ratio"}),
-    "adaptive_memory": (12, ["optimizer=am_sgd"], {"geom/am_beta", "gap/acc"}),
+    "adaptive_memory": (33, ["optimizer=am_sgd"], {"geom/am_beta", "optim/beta_mean", "gap/acc"}),
 }
 
 

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from memexp.optim import AdaptiveMemoryAdamW, AdaptiveMemorySGD
+from memexp.logging import read_metrics
+from memexp.optim import OPTIMIZERS, AdaptiveMemoryAdamW, AdaptiveMemorySGD
+from tests.conftest import run_memexp
 from tests.optim.problems import QuarticProblem, mlp_closure, small_mlp
 
 
-def hand_am_sgd(problem: QuarticProblem, lr: float, beta_max: float, rho: float, wd: float, steps: int):
-    """Global scope, taylor offset, coupled decay, d_0 = g_0 (written from the spec)."""
+def hand_am_sgd(
+    problem: QuarticProblem, lr: float, beta_max: float, rho: float, wd: float, steps: int, adaptive: bool = True
+):
+    """Global scope, taylor offset, coupled decay, d_0 = g_0 (written from the spec); ``adaptive=False``:
+    β_t pinned at β_max."""
     x, d, out, betas = problem.start.clone(), None, [], []
     for _ in range(steps):
         g = problem.grad(x) + wd * x
         if d is None:
             d = g.clone()
         diff = d - g
-        if (diff**2).sum() == 0:
+        if not adaptive:
+            beta = beta_max
+        elif (diff**2).sum() == 0:
             beta = 0.0
         else:
             delta_over_lr = g @ d  # Δ = η_{t−1}⟨g, d⟩, constant η
@@ -34,20 +44,30 @@ def split(flat: torch.Tensor) -> list[torch.Tensor]:
     return [flat[:4], flat[4:]]
 
 
-def hand_am_adamw(problem: QuarticProblem, lr: float, beta_max: float, beta2: float, eps: float, wd: float, rho: float):
-    """Per-tensor scope (the problem's two tensors), taylor offset, three steps."""
+def hand_am_adamw(
+    problem: QuarticProblem,
+    lr: float,
+    beta_max: float,
+    beta2: float,
+    eps: float,
+    wd: float,
+    rho: float,
+    adaptive: bool = True,
+    steps: int = 3,
+):
+    """Per-tensor scope (the problem's two tensors), taylor offset; ``adaptive=False``: β_t pinned at β_max."""
     x = split(problem.start.clone())
     d = [torch.zeros(4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
     v = [torch.zeros(4, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
     product = [1.0, 1.0]
     out = []
-    for t in range(1, 4):
+    for t in range(1, steps + 1):
         g = split(problem.grad(torch.cat(x)))
         new_x = []
         for i in range(2):
             v[i] = beta2 * v[i] + (1 - beta2) * g[i] ** 2
             p = (1 - beta_max * product[i]) * (torch.sqrt(v[i] / (1 - beta2**t)) + eps)
-            if t == 1:
+            if t == 1 or not adaptive:
                 beta = beta_max
             else:
                 m = 1 / (p * (1 + rho * p))
@@ -244,3 +264,74 @@ def test_carried_offset_needs_global_scope() -> None:
     x = torch.nn.Parameter(torch.zeros(2))
     with pytest.raises(ValueError, match="offset='carried' is not allowed with scope='per_tensor'"):
         AdaptiveMemoryAdamW([x], offset="carried", scope="per_tensor")
+
+
+# ---------------------------------------------------------------------------------------------
+# The control arms of seed 003 (conf/optimizer/am_*_constant.yaml, conf/experiment/adaptive_memory.yaml)
+
+
+@pytest.mark.parametrize(("adaptive", "control"), [("am_sgd", "am_sgd_constant"), ("am_adamw", "am_adamw_constant")])
+def test_each_control_arm_differs_from_its_adaptive_optimizer_only_in_adaptivity(compose, adaptive, control) -> None:
+    values = {
+        name: OmegaConf.to_container(compose([f"optimizer={name}"]).optimizer, resolve=True)
+        for name in (adaptive, control)
+    }
+    assert {key for key in values[adaptive] if values[adaptive][key] != values[control][key]} == {"adaptive"}
+    assert values[adaptive]["adaptive"] is True and values[control]["adaptive"] is False
+
+
+def built(compose, overrides: list[str], params: list[torch.Tensor]):
+    cfg = OmegaConf.to_object(compose(overrides).optimizer)
+    return cfg, OPTIMIZERS.build(cfg.name, [{"params": params}], cfg)
+
+
+def test_am_sgd_control_is_am_sgd_with_beta_pinned_at_beta_max(compose) -> None:
+    problem = QuarticProblem()
+    params = problem.parameters()
+    cfg, optimizer = built(compose, ["optimizer=am_sgd_constant", "optimizer.lr=0.05"], params)
+    closure = problem.closure(params)
+    pinned, betas = hand_am_sgd(problem, 0.05, cfg.beta_max, cfg.rho, cfg.weight_decay, 3, adaptive=False)
+    adapted, adaptive_betas = hand_am_sgd(problem, 0.05, cfg.beta_max, cfg.rho, cfg.weight_decay, 3)
+    for step in range(3):
+        optimizer.step(closure)
+        torch.testing.assert_close(problem.flat(params), pinned[step], rtol=1e-12, atol=1e-12)
+        assert optimizer.last_stats["beta_mean"] == pytest.approx(0.9, rel=1e-12)
+    assert betas == [0.9, 0.9, 0.9] and adaptive_betas[2] < 0.8  # pinning is what the check tells apart
+    assert (pinned[2] - adapted[2]).abs().max() > 1e-4
+
+
+def test_am_adamw_control_is_am_adamw_with_beta_pinned_at_beta_max(compose) -> None:
+    problem = QuarticProblem()
+    params = problem.parameters()
+    # lr 0.3: on this problem the adaptive β_t leaves its cap from step 5 on (0.79 at step 5).
+    cfg, optimizer = built(compose, ["optimizer=am_adamw_constant", "optimizer.lr=0.3"], params)
+    closure = problem.closure(params)
+    arguments = (problem, 0.3, cfg.beta_max, cfg.beta2, cfg.eps, cfg.weight_decay, cfg.rho)
+    pinned = hand_am_adamw(*arguments, adaptive=False, steps=8)
+    adapted = hand_am_adamw(*arguments, steps=8)
+    for step in range(8):
+        optimizer.step(closure)
+        torch.testing.assert_close(problem.flat(params), pinned[step], rtol=1e-12, atol=1e-12)
+        assert optimizer.last_stats["beta_min"] == optimizer.last_stats["beta_max"] == pytest.approx(0.89, rel=1e-12)
+    assert (pinned[7] - adapted[7]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("optimizer", "pinned"), [("am_adamw", None), ("am_adamw_constant", 0.89), ("am_sgd", None)])
+def test_beta_is_logged_at_every_log_step(tmp_path: Path, optimizer: str, pinned: float | None) -> None:
+    """optim/beta_mean, _min, _max in every log step's event (not only at metrics passes)."""
+    run_dir = tmp_path / "run"
+    result = run_memexp(
+        "train", f"optimizer={optimizer}", "trainer=quick", "logger=none", f"hydra.run.dir={run_dir}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = [e for e in read_metrics(run_dir / "metrics.jsonl") if "train/batch_loss" in e]
+    assert [e["step"] for e in events] == [5, 10, 15, 20]
+    cap = 0.89 if optimizer.startswith("am_adamw") else 0.9
+    for event in events:
+        low, mean, high = event["optim/beta_min"], event["optim/beta_mean"], event["optim/beta_max"]
+        assert 0.0 <= low <= high <= cap + 1e-7, event
+        assert low - 1e-6 <= mean <= high + 1e-6, event  # a float32 mean of equal values may round
+        if pinned is not None:
+            assert low == high == pytest.approx(pinned, rel=1e-7)
+    if pinned is None and optimizer == "am_adamw":
+        assert min(e["optim/beta_min"] for e in events) < 0.85  # per-tensor β_t does move below its cap
