@@ -120,8 +120,11 @@ def run_job(cfg: DictConfig) -> float | None:
 def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, multirun: bool) -> float | None:
     hydra_cfg = HydraConfig.get()
     resume = run_cfg.trainer.resume is Resume.auto
+    key = rundir.job_key(cfg)
     summary, problem = rundir.read_summary(run_dir)
-    if resume and summary is not None and summary.get("status") == rundir.Status.FINISHED:
+    finished = summary is not None and summary.get("status") == rundir.Status.FINISHED
+    # The same job only: a finished run continued with other settings (e.g. more steps) resumes.
+    if resume and finished and rundir.read_job_key(run_dir) == key:
         print(f"memexp: job already finished in {run_dir}; nothing to do (trainer.resume=never would train it again)")
         return objective(summary)
     if problem:
@@ -130,7 +133,6 @@ def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, multirun: boo
         run = build_run(run_cfg)
     except MemexpError as error:
         reject_input(error, run_dir)
-    key = rundir.job_key(cfg)
     rundir.write_job_key(run_dir, key)
     if multirun and resume and not (run_dir / rundir.CHECKPOINT_DIR).is_dir():
         output_root = Path(cfg.paths.output_root)
