@@ -230,7 +230,9 @@ def test_wandb_online_without_network_falls_back_to_offline_once_per_sweep(tmp_p
     assert elapsed < 60, f"{elapsed:.0f} s: W&B's own default is 90 s per job"
     assert not list((tmp_path / "s" / "0" / "wandb").glob("run-*")), "the failed online attempt is removed"
     for job in ("0", "1"):
-        [offline] = offline_run_files(tmp_path / "s" / job)
+        found = offline_run_files(tmp_path / "s" / job)
+        assert len(found) == 1, (found, result.stdout[-2000:], result.stderr[-2000:])
+        [offline] = found
         wandb_run = read_wandb_file(offline)
         assert wandb_run.run_id == (tmp_path / "s" / job / "wandb_id.txt").read_text().strip()
         assert wandb_run.summary["status"] == "finished"

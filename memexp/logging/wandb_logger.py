@@ -99,7 +99,7 @@ def open_wandb(
         return WandbLogger(cfg, run_dir, config, default_name, default_group, mode="offline")
     try:
         return WandbLogger(cfg, run_dir, config, default_name, default_group)
-    except CommError as error:
+    except (CommError, TimeoutError) as error:  # TimeoutError: W&B's service did not answer even after its grace
         if cfg.mode != "online":
             raise
         reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
