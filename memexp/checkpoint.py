@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, the last K kept, a corrupt file skipped for the previous one.
+"""Checkpoints: written atomically (memexp.rundir), the last K kept, a corrupt file skipped for the
+previous one.
 
 A checkpoint holds everything needed to continue a run exactly: model, optimizer (every memory
 buffer), LR scheduler, step, data iterator position and the python / numpy / torch RNG states.
@@ -6,16 +7,16 @@ buffer), LR scheduler, step, data iterator position and the python / numpy / tor
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from memexp.rundir import write_atomic
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 
@@ -45,22 +46,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     # weights_only=False: memexp's own files hold numpy / python RNG states, not only tensors.
     return torch.load(path, map_location=map_location, weights_only=False)
@@ -86,7 +71,7 @@ class CheckpointManager:
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = self.path_for(step)
-        save_atomic(state, path)
+        write_atomic(path, lambda handle: torch.save(state, handle))
         for _, old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path

@@ -14,7 +14,7 @@ import sys
 
 # name -> (module, function, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("memexp.train", "main", "train one run, or a sweep with -m (Hydra overrides: optimizer=lion seed=1)"),
+    "train": ("memexp.job", "main", "train one run, or a sweep with -m (Hydra overrides: optimizer=lion seed=1)"),
     "tune": ("memexp.tune", "main", "fair comparison: search each arm on the validation split, confirm on fresh seeds"),
     "plan": ("memexp.plan", "main", "print the jobs `train -m <same overrides>` would run (and the sbatch script)"),
     "report": ("memexp.report.cli", "main", "compare runs: seed statistics, paired tests, plots (memexp report PATH)"),

@@ -114,10 +114,14 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     job_type: str = "train"
     notes: str | None = None
+    # Online only: seconds to wait for W&B's servers before falling back to an offline W&B run in the
+    # run dir (`wandb sync` uploads it later); compute nodes often have no network.
+    init_timeout: float = 20.0
 
     def check(self) -> None:
         require(self.mode in WANDB_MODES, "mode", self.mode, f"one of {', '.join(WANDB_MODES)}")
         require(bool(self.project), "project", self.project, "a non-empty string")
+        require(self.init_timeout > 0, "init_timeout", self.init_timeout, "a number of seconds > 0")
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """`memexp plan <overrides>`: what `memexp train -m <overrides>` would run, without running it.
 
-The jobs come from the same machinery Hydra uses for a sweep (its config loader and the basic
-sweeper's expansion of ``a=1,2 b=x,y``), so each job's config is composed exactly as for training
-and bad overrides fail the same way. For each job the plan prints its overrides, its job key and
+The jobs come from memexp.rundir.compose_sweep, the same machinery Hydra uses for a sweep (its config
+loader and the basic sweeper's expansion of ``a=1,2 b=x,y``), so each job's config is composed exactly
+as for training and bad overrides fail the same way. For each job the plan prints its overrides, its job key and
 what a re-run would do (run / reuse a finished job / resume an interrupted one). With a submitit
 launcher (``hydra/launcher=slurm``) it also prints the sbatch script submitit would submit, built
 by submitit itself from the launcher settings. Nothing is written.
@@ -12,44 +12,15 @@ from __future__ import annotations
 
 import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import filter_overrides
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from memexp import sweep
-
-
-def compose_sweep(overrides: list[str]) -> tuple[DictConfig, Callable[[list[str]], DictConfig]]:
-    """The sweep-level config of ``train -m <overrides>`` and a function composing one job's config
-    from its overrides, as Hydra's launchers do."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    from memexp.train import config_dir, register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    hydra = Hydra.create_main_hydra2(task_name="train", config_search_path=create_config_search_path(config_dir()))
-    cfg = hydra.compose_config("train", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
-    return cfg, lambda job: hydra.config_loader.load_sweep_config(cfg, list(job))
-
-
-def compose_jobs(overrides: list[str]) -> tuple[DictConfig, list[tuple[list[str], DictConfig]]]:
-    """The sweep-level config and (overrides, config) for every job of ``train -m <overrides>``."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    cfg, compose_job = compose_sweep(overrides)
-    task_overrides = sweep.sweep_overrides(cfg)
-    batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(task_overrides), None)
-    return cfg, [(list(job), compose_job(list(job))) for batch in batches for job in batch]
+from memexp import rundir, sweep
 
 
 def submission_script(launcher: dict[str, Any], choice: str, num_jobs: int) -> str:
@@ -86,36 +57,38 @@ def main() -> int:
     plan_tune = bool(overrides) and overrides[0] == "tune"
     after: list[str] = []
     try:
+        from memexp.train import check_config
+
         if plan_tune:
             from memexp.tune import plan_search
 
-            cfg, jobs, after = plan_search(overrides[1:])
+            planned, after = plan_search(overrides[1:])
         else:
-            cfg, jobs = compose_jobs(overrides)
-        for _, job_cfg in jobs:
-            from memexp.train import check_config
+            planned = rundir.compose_sweep(overrides)
 
-            check_config(job_cfg)
+        for job in planned.jobs:
+            check_config(job.config)
     except MemexpError as error:
         print(f"memexp: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # noqa: BLE001 - Hydra's composition errors: one clear message
         print(f"memexp: error: {error}", file=sys.stderr)
         return 1
+    cfg, jobs = planned.config, planned.jobs
     choice = cfg.hydra.runtime.choices.get("hydra/launcher", "basic")
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
-    sweeps_root = (Path(str(cfg.paths.output_root)) / str(cfg.task_name) / "multiruns").resolve()
+    output_root = Path(str(cfg.paths.output_root)).resolve()
     what = "memexp tune: search" if plan_tune else "memexp plan"
     table = Table(title=f"{what}: {len(jobs)} jobs, launcher {choice}, sweep dir {sweep_dir}")
     for column in ("job", "overrides", "job key", "on this run"):
         table.add_column(column)
-    for index, (job_overrides, job_cfg) in enumerate(jobs):
-        key = sweep.job_key(job_cfg)
-        previous = sweep.find_previous(sweeps_root, key)
+    for index, job in enumerate(jobs):
+        key = rundir.job_key(job.config)
+        previous, _ = sweep.find_previous(output_root, key)
         action = "train"
         if previous is not None:
-            action = f"{'reuse' if previous.status == 'finished' else 'resume'} {previous.run_dir}"
-        table.add_row(str(index), " ".join(filter_overrides(job_overrides)), key, action)
+            action = f"{'reuse' if previous.status == rundir.Status.FINISHED else 'resume'} {previous.run_dir}"
+        table.add_row(str(index), " ".join(filter_overrides(job.overrides)), key, action)
     Console(width=200).print(table)
     for line in after:
         print(line)

@@ -1,55 +1,31 @@
-"""Sweeps: a deterministic key per job, re-running a sweep without redoing finished jobs, and a
-truthful end-of-sweep report.
+"""Sweeps: re-running a sweep without redoing finished jobs, and a truthful end-of-sweep report.
 
-Job key: a hash of the resolved config that decides the result (everything but the logger, the
-paths and the progress display). Every run dir holds it in ``job_key.txt``. When a multirun job
-starts and an earlier job with the same key exists under ``<output_root>/<task>/multiruns/``:
+Every run dir holds its job key (``job_key.txt``, memexp.rundir). When a job of a sweep starts and an
+earlier job with the same key exists anywhere under ``<paths.output_root>`` (any task, any sweep, any
+depth: ``outputs/train/multiruns/<date>/<n>/``, ``outputs/tune/<study>/search/<n>/``, ...):
 - finished: its results are reused (summary, metrics, W&B id and final checkpoint are linked into
   the new job dir, ``summary.json`` says ``reused_from``) and nothing is trained;
 - interrupted (running / failed, with a checkpoint): its checkpoints, metrics and W&B id are linked
   into the new job dir and training resumes from the latest checkpoint.
+An earlier copy whose files are unreadable is not reused, and the reason is printed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
 
-KEY_FILE = "job_key.txt"
-# Config keys that do not change a run's result, so they are left out of the job key.
-NON_RESULT_KEYS = ("logger", "paths", "experiment", "task_name", "tune")
-NON_RESULT_TRAINER_KEYS = ("progress", "log_every", "checkpoint_every", "keep_checkpoints", "resume", "device")
+from memexp import rundir
+from memexp.rundir import Status
 
-
-def job_key(cfg: DictConfig) -> str:
-    container: dict[str, Any] = {}
-    for key in cfg:
-        if key == "hydra" or key in NON_RESULT_KEYS:
-            continue
-        value = cfg[key]
-        container[str(key)] = (
-            OmegaConf.to_container(value, resolve=True, enum_to_str=True) if OmegaConf.is_config(value) else value
-        )
-    trainer = dict(container.get("trainer", {}))
-    for key in NON_RESULT_TRAINER_KEYS:
-        trainer.pop(key, None)
-    container["trainer"] = trainer
-    text = json.dumps(container, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
+# Folders inside a run dir or a sweep dir that never hold a job.
+NOT_JOB_DIRS = frozenset({rundir.CHECKPOINT_DIR, "wandb", ".hydra", ".submitit", "__pycache__"})
 
 
 @dataclass
@@ -59,27 +35,60 @@ class PreviousJob:
     has_checkpoint: bool
 
 
-def find_previous(sweeps_root: Path, key: str, exclude: Path | None = None) -> PreviousJob | None:
-    """The most useful earlier job with this key: a finished one if any, else the one with the
-    newest checkpoint."""
-    finished, resumable = [], []
-    for key_file in sweeps_root.glob(f"*/*/{KEY_FILE}"):
-        run_dir = key_file.parent
-        if (exclude is not None and run_dir.resolve() == exclude.resolve()) or key_file.read_text().strip() != key:
+def job_dirs(output_root: Path) -> Iterator[Path]:
+    """Every run dir under ``output_root`` (a dir holding a job key or a summary), at any depth."""
+    for current, dirnames, filenames in os.walk(output_root):
+        if rundir.KEY_FILE in filenames or rundir.SUMMARY_FILE in filenames:
+            dirnames[:] = []  # a run dir holds no other run
+            yield Path(current)
+        else:
+            dirnames[:] = sorted(d for d in dirnames if d not in NOT_JOB_DIRS)
+
+
+def same_overrides(run_dir: Path, overrides: list[str]) -> bool:
+    try:
+        earlier = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(earlier, list) and sorted(map(str, earlier)) == sorted(overrides)
+
+
+def find_previous(
+    output_root: Path, key: str, exclude: Path | None = None, overrides: list[str] | None = None
+) -> tuple[PreviousJob | None, list[str]]:
+    """The most useful earlier job with this key (a finished one if any, else the one with the
+    newest checkpoint), and why earlier copies of this job that cannot be used were passed over
+    (an unreadable summary.json; a missing or corrupt job_key.txt where ``.hydra/overrides.yaml``
+    names the same ``overrides``)."""
+    finished, resumable, passed_over = [], [], []
+    excluded = exclude.resolve() if exclude is not None else None
+    for run_dir in job_dirs(output_root) if output_root.is_dir() else ():
+        if run_dir.resolve() == excluded:
             continue
-        summary = read_summary(run_dir) or {}
-        status = summary.get("status", "missing")
+        earlier_key = rundir.read_job_key(run_dir)
+        if earlier_key is None:
+            if overrides is not None and same_overrides(run_dir, overrides):
+                passed_over.append(f"{run_dir}: job_key.txt missing or corrupt")
+            continue
+        if earlier_key != key:
+            continue
+        summary, problem = rundir.read_summary(run_dir)
+        if summary is None:
+            passed_over.append(f"{run_dir}: {problem or 'no summary.json'}")
+            continue
         if summary.get("reused_from"):
             continue  # a pointer to another job, not an original
-        checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-        if status == "finished":
-            finished.append((key_file.stat().st_mtime, PreviousJob(run_dir, status, bool(checkpoints))))
-        elif checkpoints and status in ("running", "failed"):
+        status = summary.get("status", Status.MISSING)
+        checkpoints = sorted((run_dir / rundir.CHECKPOINT_DIR).glob("step_*.pt"))
+        if status == Status.FINISHED:
+            written = (run_dir / rundir.SUMMARY_FILE).stat().st_mtime
+            finished.append((written, PreviousJob(run_dir, status, bool(checkpoints))))
+        elif checkpoints and status in (Status.RUNNING, Status.FAILED):
             resumable.append((checkpoints[-1].stat().st_mtime, PreviousJob(run_dir, status, True)))
     for candidates in (finished, resumable):
         if candidates:
-            return max(candidates, key=lambda item: item[0])[1]
-    return None
+            return max(candidates, key=lambda item: item[0])[1], passed_over
+    return None, passed_over
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -92,25 +101,39 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 def adopt_previous(previous: PreviousJob, run_dir: Path) -> None:
     """Bring an earlier job's state into ``run_dir`` (hard links where the file system allows)."""
-    for name in ("metrics.jsonl", "wandb_id.txt"):
+    for name in (rundir.METRICS_FILE, rundir.WANDB_ID_FILE):
         if (previous.run_dir / name).is_file():
             shutil.copy2(previous.run_dir / name, run_dir / name)
-    checkpoints = sorted((previous.run_dir / "checkpoints").glob("step_*.pt"))
-    if previous.status == "finished":
+    checkpoints = sorted((previous.run_dir / rundir.CHECKPOINT_DIR).glob("step_*.pt"))
+    if previous.status == Status.FINISHED:
         checkpoints = checkpoints[-1:]
-        summary = read_summary(previous.run_dir) or {}
+        summary = rundir.read_summary(previous.run_dir)[0] or {}
         summary.update(reused_from=str(previous.run_dir), run_dir=str(run_dir))
-        from memexp.logging import write_json_atomic
-
-        write_json_atomic(run_dir / "summary.json", summary)
+        rundir.write_summary(run_dir, summary)
     for checkpoint in checkpoints:
-        _link_or_copy(checkpoint, run_dir / "checkpoints" / checkpoint.name)
+        _link_or_copy(checkpoint, run_dir / rundir.CHECKPOINT_DIR / checkpoint.name)
+
+
+def reuse_earlier_job(output_root: Path, key: str, run_dir: Path, overrides: list[str]) -> str | None:
+    """Reuse or resume an earlier job with this key (printing what happens and what was passed
+    over); returns its status, None when there is none and the job trains from scratch."""
+    previous, passed_over = find_previous(output_root.resolve(), key, exclude=run_dir, overrides=overrides)
+    for reason in passed_over:
+        print(f"memexp: not reusing {reason}")
+    if previous is None:
+        if passed_over:
+            print("memexp: training this job again")
+        return None
+    adopt_previous(previous, run_dir)
+    if previous.status == Status.FINISHED:
+        print(f"memexp: job already finished in {previous.run_dir}; reusing its results")
+    else:
+        print(f"memexp: resuming the interrupted job in {previous.run_dir}")
+    return previous.status
 
 
 # ----------------------------------------------------------------------------------------------
 # End-of-sweep report: the truth about every job, whatever the launcher says.
-
-FAILED_STATUSES = ("failed", "missing", "running")
 
 
 def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -118,7 +141,7 @@ def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     for job_dir in sorted(
         (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
     ):
-        jobs.append((job_dir, read_summary(job_dir) or {"status": "missing"}))
+        jobs.append((job_dir, rundir.read_summary(job_dir)[0] or {"status": Status.MISSING}))
     return jobs
 
 
@@ -134,10 +157,13 @@ def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
         table.add_column(column)
     counts: dict[str, int] = {}
     for job_dir, summary in jobs:
-        status = summary.get("status", "missing")
+        status = str(summary.get("status", Status.MISSING))
         counts[status] = counts.get(status, 0) + 1
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
-        overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else "?"
+        try:
+            overrides = " ".join(map(str, yaml.safe_load(overrides_file.read_text()) or []))
+        except (OSError, yaml.YAMLError, TypeError):
+            overrides = "?"
         cells = [summary.get(k) for k in ("val/loss", "test/loss", "gap/loss", "gap/acc")]
         note = " (reused)" if summary.get("reused_from") else ""
         table.add_row(
@@ -149,46 +175,7 @@ def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
         )
     missing = max(0, (expected_jobs or 0) - len(jobs))
     if missing:
-        counts["missing"] = counts.get("missing", 0) + missing
+        counts[Status.MISSING] = counts.get(Status.MISSING, 0) + missing
     table.caption = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     Console().print(table)
-    return sum(n for status, n in counts.items() if status in FAILED_STATUSES)
-
-
-# ----------------------------------------------------------------------------------------------
-# The Hydra callback that tells `memexp train` which sweep just ran.
-
-CURRENT_SWEEP: tuple[Path, int | None] | None = None
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra < 1.1
-    Callback = object  # type: ignore[assignment,misc]
-
-
-def sweep_overrides(config: DictConfig) -> list[str]:
-    """The overrides Hydra's basic sweeper expands: ``hydra.sweeper.params`` (e.g. from an
-    experiment preset) first, then the command line's, as BasicSweeper does."""
-    params = config.hydra.sweeper.get("params") or {}
-    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
-
-
-def count_basic_sweep_jobs(overrides: list[str]) -> int | None:
-    """How many jobs Hydra's basic sweeper makes of these overrides (None if it cannot tell)."""
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
-    except Exception:  # noqa: BLE001 - a custom sweeper: the count is unknown, not an error
-        return None
-
-
-class SweepCallback(Callback):
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global CURRENT_SWEEP
-        expected = None
-        if config.hydra.sweeper.get("_target_", "").endswith("BasicSweeper"):
-            expected = count_basic_sweep_jobs(sweep_overrides(config))
-        CURRENT_SWEEP = (Path(str(config.hydra.sweep.dir)), expected)
+    return sum(n for status, n in counts.items() if status not in rundir.ENDED)

@@ -1,17 +1,15 @@
-"""`memexp train`: one training run (or one job of a sweep), readable top to bottom.
+"""One training run, readable top to bottom (memexp.job wraps it into the `memexp train` command).
 
-    compose config (Hydra) -> check values -> build data, model, optimizer (nothing written yet)
-    -> open loggers -> loop: closure step, log, evaluate train subset / validation / test, checkpoint
-    -> summary.json + final table.
+    check values -> build data, model, optimizer (nothing written yet)
+    -> loop: closure step, log, evaluate train subset / validation / test, checkpoint
+    -> summary.json.
 
-A bad value stops before anything is written (Hydra's fresh run dir is removed again). A
-non-finite loss ends the run with status ``diverged`` and a normal return, so a sweep goes on.
+A non-finite loss ends the run with status ``diverged`` and a normal return, so a sweep goes on.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -19,22 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from memexp import checkpoint as ckpt
-from memexp import distributed, sweep
-from memexp.config import LoggerConfig, MetricsConfig, Precision, Progress, Resume, TrainerConfig, register_configs
+from memexp import distributed
+from memexp.config import LoggerConfig, MetricsConfig, Precision, Resume, TrainerConfig
+from memexp.config import register_configs as register_configs  # the config store callers compose with
 from memexp.data import DATASETS, BatchIterator, DataBundle
-from memexp.errors import ConfigValueError, MemexpError
-from memexp.logging import LocalLogger, MetricLogger, MultiLogger
-from memexp.logging.progress import ProgressReporter, print_summary_table
+from memexp.errors import ConfigValueError
+from memexp.logging import MetricLogger, MultiLogger
+from memexp.logging.progress import ProgressReporter
 from memexp.metrics import GeometryProbe
 from memexp.metrics.optimizer_family import has_adaptive_beta
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.rundir import CHECKPOINT_DIR, Status
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS, Task, evaluate
@@ -224,7 +223,7 @@ def train(
 ) -> dict[str, Any]:
     """The loop. Returns the summary (also written to ``summary.json``)."""
     trainer, started = run.cfg.trainer, time.perf_counter()
-    checkpoints = ckpt.CheckpointManager(run_dir / "checkpoints", trainer.keep_checkpoints)
+    checkpoints = ckpt.CheckpointManager(run_dir / CHECKPOINT_DIR, trainer.keep_checkpoints)
     step = 0
     resumed = checkpoints.load_latest(run.device) if trainer.resume is Resume.auto else None
     if resumed is not None:
@@ -232,7 +231,12 @@ def train(
         started -= resumed.get("wall_time_s", 0.0)  # wall time counts every attempt
     logger = MultiLogger(loggers)
     logger.rewind(step)  # drop what a killed run logged after its last checkpoint
-    summary: dict[str, Any] = {"status": "running", "step": step, "max_steps": run.max_steps, "run_dir": str(run_dir)}
+    summary: dict[str, Any] = {
+        "status": Status.RUNNING.value,  # plain strings: W&B's summary does not know enums
+        "step": step,
+        "max_steps": run.max_steps,
+        "run_dir": str(run_dir),
+    }
     logger.summary(summary)
     progress = progress or ProgressReporter(run.max_steps, trainer.progress, start=step)
     if resumed is not None:
@@ -259,7 +263,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
         return loss
 
-    status, last_eval, last_geometry, last_twin = "running", {}, {}, {}
+    status, last_eval, last_geometry, last_twin = Status.RUNNING, {}, {}, {}
     adaptive_memory = has_adaptive_beta(run.optimizer)
     geometry = run.geometry if is_main else None  # metrics need no other rank: rank 0 logs them
     with GracefulStop() as stop:
@@ -296,7 +300,7 @@ def train(
                     logger.log(logged, step)
                     progress.update(step, batch_loss, lr)
                     if not math.isfinite(batch_loss):
-                        status = "diverged"
+                        status = Status.DIVERGED
                         progress.message(f"non-finite training loss ({batch_loss}) at step {step}: stopping (diverged)")
                         break
                 if measure:
@@ -315,13 +319,14 @@ def train(
                     progress.message(f"{stop.name} at step {step}: checkpoint saved")
                     stop.forward()
             last_eval = evaluate_gap(run)
-            logger.log(last_eval, step)
-            if status == "running":
-                status = "finished" if all(math.isfinite(v) for v in last_eval.values()) else "diverged"
-            if status == "finished":
+            if resumed is None or resumed["step"] < run.max_steps:  # a final checkpoint follows its logged eval
+                logger.log(last_eval, step)
+            if status is Status.RUNNING:
+                status = Status.FINISHED if all(math.isfinite(v) for v in last_eval.values()) else Status.DIVERGED
+            if status is Status.FINISHED:
                 save_checkpoint(step)
             summary.update(
-                status=status,
+                status=status.value,
                 step=step,
                 wall_time_s=time.perf_counter() - started,
                 lr=run.optimizer.param_groups[0]["lr"],
@@ -335,10 +340,10 @@ def train(
             logger.summary(summary)
         except BaseException as error:
             # A stop requested by a signal (the scheduler requeues, or the user stops) leaves the
-            # run resumable, status "running"; anything else is a failure.
+            # run resumable, status running; anything else is a failure.
             if not (stop.forwarding or isinstance(error, Interrupted)):
                 summary.update(
-                    status="failed",
+                    status=Status.FAILED.value,
                     step=step,
                     error=f"{type(error).__name__}: {error}",
                     wall_time_s=time.perf_counter() - started,
@@ -349,126 +354,3 @@ def train(
             progress.close()
             logger.close()
     return summary
-
-
-# ----------------------------------------------------------------------------------------------
-# The Hydra app
-
-
-def remove_fresh_run_dir(run_dir: Path, job_name: str) -> None:
-    """Hydra creates the run dir (with .hydra/ and the job log) before the task runs. When the task
-    stops on bad input, remove it again, but only if it holds nothing else (never a resumed run's),
-    and the parents it leaves empty (a sweep dir holding only Hydra's multirun.yaml counts as
-    empty), up to the working directory."""
-    import shutil
-
-    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} <= {".hydra", f"{job_name}.log"}:
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cwd, parent = Path.cwd().resolve(), run_dir.resolve().parent
-    while parent != cwd and cwd in parent.parents and parent.is_dir():
-        if {p.name for p in parent.iterdir()} <= {"multirun.yaml"}:
-            shutil.rmtree(parent, ignore_errors=True)
-            parent = parent.parent
-        else:
-            break
-
-
-def open_loggers(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path) -> list[MetricLogger]:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    loggers: list[MetricLogger] = [LocalLogger(run_dir)]
-    if run_cfg.logger.wandb is not None and run_cfg.logger.wandb.mode != "disabled":
-        hydra_cfg = HydraConfig.get()
-        overrides = hydra_cfg.job.override_dirname
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            name, group = overrides or run_dir.name, f"{cfg.task_name}-{Path(hydra_cfg.sweep.dir).name}"
-        else:
-            name, group = (f"{run_dir.name}_{overrides}" if overrides else run_dir.name), None
-        try:
-            from memexp.logging.wandb_logger import WandbLogger
-
-            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-            loggers.append(WandbLogger(run_cfg.logger.wandb, run_dir, resolved, name, group))  # type: ignore[arg-type]
-        except Exception as error:  # noqa: BLE001 - W&B trouble is a warning; the local log goes on
-            print(f"memexp: warning: W&B is disabled for this run: {error}", file=sys.stderr)
-    return loggers
-
-
-def objective(summary: dict[str, Any] | None) -> float | None:
-    """What the Hydra task returns (for sweepers that optimise): the final validation loss (never
-    the test split's: selection must not see it)."""
-    value = (summary or {}).get("val/loss")
-    return value if isinstance(value, float) else None
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    try:
-        run_cfg = check_config(cfg)
-        run = build_run(run_cfg)
-    except MemexpError as error:
-        remove_fresh_run_dir(run_dir, hydra_cfg.job.name)
-        print(f"memexp: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    key = sweep.job_key(cfg)
-    (run_dir / sweep.KEY_FILE).write_text(key + "\n")
-    fresh = not (run_dir / "checkpoints").is_dir()
-    if hydra_cfg.mode == RunMode.MULTIRUN and fresh and run_cfg.trainer.resume is Resume.auto:
-        # Re-running a sweep: reuse a finished job with the same key, or resume an interrupted one.
-        sweeps_root = (Path(cfg.paths.output_root) / cfg.task_name / "multiruns").resolve()
-        previous = sweep.find_previous(sweeps_root, key, exclude=run_dir)
-        if previous is not None:
-            sweep.adopt_previous(previous, run_dir)
-            if previous.status == "finished":
-                print(f"memexp: job already finished in {previous.run_dir}; reusing its results")
-                return objective(sweep.read_summary(run_dir))
-            print(f"memexp: resuming the interrupted job in {previous.run_dir}")
-    if run_cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
-        # Data parallel: this process only launches the ranks (they share this run dir).
-        code = distributed.launch(run_cfg.trainer.devices, list(hydra_cfg.overrides.task), run_dir)
-        if code != 0:
-            raise RuntimeError(f"data-parallel training on {run_cfg.trainer.devices} processes exited with {code}")
-        return objective(sweep.read_summary(run_dir))
-    if distributed.rank() != 0:
-        train(run, run_dir, [], ProgressReporter(run.max_steps, Progress.off))
-        return None
-    try:
-        summary = train(run, run_dir, open_loggers(cfg, run_cfg, run_dir))
-    except Interrupted as stopped:
-        print(
-            f"memexp: {stopped}; checkpoint saved in {run_dir / 'checkpoints'}; run the same command "
-            f"with hydra.run.dir={run_dir} to resume",
-            file=sys.stderr,
-        )
-        sys.exit(128 + stopped.signum)
-    if run_cfg.trainer.progress.value != "off":
-        print_summary_table(summary)
-    return objective(summary)
-
-
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def hydra_app(cfg: DictConfig) -> float | None:
-    return run_job(cfg)
-
-
-def main() -> int:
-    """`memexp train`: run the Hydra app; after a sweep, report every job's real status and exit
-    non-zero if any job failed or never finished (whatever the launcher reported)."""
-    register_configs()
-    code = 0
-    try:
-        hydra_app()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    if sweep.CURRENT_SWEEP is not None:
-        sweep_dir, expected = sweep.CURRENT_SWEEP
-        not_ended = sweep.report_sweep(sweep_dir, expected)
-        if not_ended and code == 0:
-            code = 1
-    return code

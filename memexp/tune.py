@@ -537,7 +537,7 @@ def sort_key(value: Any) -> tuple[int, Any]:
 def write_outputs(study: Study, study_dir: Path, command: str, plots: bool = True) -> None:
     """tune.json and tune.md (after every batch, so a killed study shows how far it got); the score
     plots only when asked (at the end of each phase: matplotlib costs about a second)."""
-    from memexp.logging.base import write_text_atomic
+    from memexp.rundir import write_text_atomic
 
     write_text_atomic(study_dir / TUNE_JSON, json.dumps(study.to_json(), indent=2) + "\n")
     if plots:
@@ -849,16 +849,21 @@ class StudyProgress:
 # The command
 
 
-def plan_search(overrides: list[str]) -> tuple[Any, list[tuple[list[str], Any]], list[str]]:
+def plan_search(overrides: list[str]) -> tuple[Any, list[str]]:
     """What `memexp tune <overrides>` would run first, without running it (for `memexp plan tune`):
-    the sweep config, (overrides, composed config) of every search job, and lines describing what
+    the sweep (its config and every search job with its composed config), and lines describing what
     follows (extensions and confirmation depend on the search's results)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from memexp.plan import compose_sweep
+    from memexp import hydra_compat
+    from memexp.rundir import Job as SweepJob
+    from memexp.rundir import Sweep
+    from memexp.train import config_dir, register_configs
 
-    cfg, compose_job = compose_sweep(["hydra/sweeper=tune", TASK_NAME_OVERRIDE, *overrides])
+    register_configs()
+    composer = hydra_compat.SweepComposer(config_dir(), "train", task_name="train")
+    cfg = composer.sweep_config(["hydra/sweeper=tune", TASK_NAME_OVERRIDE, *overrides])
     tune: TuneConfig = OmegaConf.to_object(cfg.tune)  # type: ignore[assignment]
     try:
         tune.check()
@@ -868,7 +873,7 @@ def plan_search(overrides: list[str]) -> tuple[Any, list[tuple[list[str], Any]],
     arguments = sweep_arguments(params, list(cfg.hydra.overrides.task))
     arms, fixed = plan_arms(OverridesParser.create().parse_overrides(arguments), tune)
     study = Study(tune, arms, fixed, *seeds_of(tune))
-    jobs = [(job.overrides, compose_job(job.overrides)) for job in study.search_jobs()]
+    jobs = [SweepJob(job.overrides, composer.job_config(cfg, job.overrides)) for job in study.search_jobs()]
     after = [
         f"then: {len(arms)} arms x {tune.confirm_seeds} confirmation seeds {study.confirm_seeds} = "
         f"{len(arms) * tune.confirm_seeds} confirmation jobs with each arm's chosen setting",
@@ -877,10 +882,11 @@ def plan_search(overrides: list[str]) -> tuple[Any, list[tuple[list[str], Any]],
         after.append(f"and up to {tune.max_extensions} edge extensions per arm before that (grid search only)")
     for arm in arms:
         space = "; ".join(
-            f"{k}: {', '.join(format_value(v) for v in vs)} ({arm.space_source[k]})" for k, vs in arm.space.items()
+            f"{key}: {', '.join(format_value(v) for v in values)} ({arm.space_source[key]})"
+            for key, values in arm.space.items()
         )
         after.append(f"arm {arm.label}: {space}")
-    return cfg, jobs, after
+    return Sweep(cfg, jobs), after
 
 
 def main() -> int:
@@ -891,7 +897,7 @@ def main() -> int:
             "usage: memexp tune <the overrides of memexp train -m ...> [tune.<key>=<value> ...]\n\n" + (__doc__ or "")
         )
         return 0
-    from memexp.train import main as train_main
+    from memexp.job import main as train_main
 
     sys.argv = [
         sys.argv[0],

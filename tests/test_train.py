@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from memexp.logging import read_metrics
-from memexp.logging.wandb_file import offline_run_files, read_wandb_file
 from tests.conftest import run_memexp
+from tests.logging.wandb_file import offline_run_files, read_wandb_file
 
 GAP_KEYS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "gap/loss", "gap/acc"}
 

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -50,33 +45,3 @@ class MultiLogger:
 
     def close(self) -> None:
         self._call("close")
-
-
-def json_ready(value: Any) -> Any:
-    """Floats that JSON can hold: NaN and infinities become strings ("nan", "inf", "-inf")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(item) for item in value]
-    return value
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it over ``path``."""
-    write_text_atomic(path, json.dumps(json_ready(data), indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file in the same directory, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

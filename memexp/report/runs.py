@@ -9,8 +9,6 @@ says which jobs the sweep launched, so jobs with no run dir at all are reported 
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -21,12 +19,20 @@ from typing import Any
 import numpy as np
 import yaml
 
+from memexp import rundir
 from memexp.errors import MemexpError
+from memexp.rundir import Status
 from memexp.splits import EVAL_PREFIXES
 
-FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING = "finished", "diverged", "failed", "incomplete", "missing"
-# A finished run that `report --at` cannot read (it never reaches the matched-fit target).
-NOT_REACHED = "not reached"
+# The report's statuses (memexp.rundir.Status): a summary's "running" is reported as incomplete.
+FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING, NOT_REACHED = (
+    Status.FINISHED,
+    Status.DIVERGED,
+    Status.FAILED,
+    Status.INCOMPLETE,
+    Status.MISSING,
+    Status.NOT_REACHED,
+)
 STATUSES = (FINISHED, DIVERGED, FAILED, INCOMPLETE, MISSING, NOT_REACHED)
 
 # History keys that are bookkeeping, not results: never a "final metric" (``train/batch_loss`` is a
@@ -147,20 +153,9 @@ def history_from_events(events: Iterable[dict[str, Any]]) -> dict[str, MetricTra
 def read_events(path: Path) -> tuple[list[dict[str, Any]], str]:
     """The events of a metrics.jsonl; a truncated or corrupt line (a run killed mid-write) is
     skipped and reported, not fatal."""
-    events, bad_lines = [], []
-    with path.open() as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                bad_lines.append(number)
-                continue
-            if isinstance(event, dict):
-                events.append(event)
+    events, bad_lines = rundir.read_jsonl(path)
     note = f"metrics.jsonl: skipped unreadable line(s) {bad_lines}" if bad_lines else ""
-    return events, note
+    return [event for _, event in events], note
 
 
 def final_metrics(summary: dict[str, Any], history: dict[str, MetricTrace]) -> dict[str, float]:
@@ -195,7 +190,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "summary.json").is_file()
+    return (path / ".hydra").is_dir() or (path / rundir.SUMMARY_FILE).is_file()
 
 
 def read_hydra_dir(record: RunRecord, hydra_dir: Path) -> list[str]:
@@ -224,19 +219,6 @@ def read_hydra_dir(record: RunRecord, hydra_dir: Path) -> list[str]:
     return notes
 
 
-def read_summary(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """summary.json, or None with the reason it cannot be used."""
-    if not path.is_file():
-        return None, ""
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        return None, f"summary.json unreadable: {type(error).__name__}: {error}"
-    if not isinstance(summary, dict):
-        return None, "summary.json unreadable: not a JSON object"
-    return summary, ""
-
-
 def apply_summary(record: RunRecord, summary: dict[str, Any]) -> str:
     """Status, steps and final metrics from the summary; returns why the run is not finished."""
     step, max_steps = summary.get("step"), summary.get("max_steps")
@@ -251,7 +233,7 @@ def apply_summary(record: RunRecord, summary: dict[str, Any]) -> str:
         return f"non-finite loss, stopped at {progress}"
     if status == FAILED:
         return f"{summary.get('error', 'failed')} at {progress}"
-    if status == "running":
+    if status == Status.RUNNING:
         return f"status 'running' at {progress}: still running, or killed without a final summary"
     if status != FINISHED:
         return f"unknown status {status!r} in summary.json"
@@ -264,7 +246,7 @@ def load_run_dir(run_dir: Path) -> RunRecord:
     notes = read_hydra_dir(record, run_dir / ".hydra")
 
     events: list[dict[str, Any]] = []
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / rundir.METRICS_FILE
     if metrics_path.is_file():
         try:
             events, note = read_events(metrics_path)
@@ -274,7 +256,7 @@ def load_run_dir(run_dir: Path) -> RunRecord:
     record.history = history_from_events(events)
     record.step = max((int(e["step"]) for e in events if isinstance(e.get("step"), int)), default=None)
 
-    summary, problem = read_summary(run_dir / "summary.json")
+    summary, problem = rundir.read_summary(run_dir)
     if summary is not None:
         notes.insert(0, apply_summary(record, summary))
     elif problem:
@@ -291,33 +273,13 @@ def load_run_dir(run_dir: Path) -> RunRecord:
 
 
 def expected_jobs(multirun_yaml: Path) -> list[list[str]] | None:
-    """The override lists of the jobs Hydra's basic sweeper launched for this multirun (the
-    cartesian product of the sweep overrides, as ``BasicSweeper.split_arguments`` builds it), or
-    None when it cannot be known (another sweeper, e.g. Optuna, or a glob that needs the config)."""
+    """The override lists of the jobs this multirun launched (memexp.rundir.expand_sweep), or None
+    when it cannot be known (another sweeper, e.g. Optuna, or an unreadable multirun.yaml)."""
     try:
         hydra = (read_yaml(multirun_yaml) or {}).get("hydra") or {}
-    except (OSError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError, AttributeError):
         return None
-    sweeper = hydra.get("sweeper") or {}
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
-        return None
-    arguments = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    arguments += list((hydra.get("overrides") or {}).get("task") or [])
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    choices: dict[str, list[str]] = {}
-    try:
-        for override in OverridesParser.create().parse_overrides(arguments):
-            key = override.get_key_element()
-            if override.is_sweep_override():
-                if not override.is_discrete_sweep():
-                    return None
-                choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-            else:
-                choices[key] = [f"{key}={override.get_value_element_as_str()}"]
-    except Exception:  # noqa: BLE001 - an override we cannot expand only means "expected jobs unknown"
-        return None
-    return [list(job) for job in itertools.product(*choices.values())]
+    return rundir.expand_sweep(hydra)
 
 
 def missing_jobs(sweep_dir: Path, found: list[RunRecord]) -> list[RunRecord]:

@@ -3,8 +3,8 @@
 The file is a LevelDB-style record log (W&B's "datastore" format): a 7-byte header
 (``:W&B``, magic 0xBEE1, version 0), then 32 KiB blocks of chunks, each with a 7-byte header
 (crc32, length, type FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4); a complete record is one protobuf
-``wandb.proto.wandb_internal_pb2.Record``. Used by the tests (which must read the files W&B really
-wrote) and by offline reporting.
+``wandb.proto.wandb_internal_pb2.Record``. The tests use it to check the files W&B really
+wrote.
 """
 
 from __future__ import annotations
