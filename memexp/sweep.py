@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,14 @@ def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return jobs
 
 
+def read_overrides(job_dir: Path) -> list[str] | None:
+    """A job's command-line overrides (its .hydra/overrides.yaml), None when unreadable."""
+    try:
+        return [str(item) for item in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []]
+    except (OSError, yaml.YAMLError, TypeError):
+        return None
+
+
 def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
     """Print one line per job and a status count; return the number of jobs that did not end
     (failed, never started, or still marked running)."""
@@ -153,17 +162,16 @@ def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
 
     jobs = sweep_jobs(sweep_dir) if sweep_dir.is_dir() else []
     table = Table(title=f"sweep {sweep_dir}")
-    for column in ("job", "status", "steps", "val/loss", "test/loss", "gap/loss", "gap/acc", "overrides"):
+    for column in ("job", "status", "steps", "val/loss", "test/loss", "gap/loss", "gap/acc", "overrides that differ"):
         table.add_column(column)
     counts: dict[str, int] = {}
-    for job_dir, summary in jobs:
+    job_overrides = [read_overrides(job_dir) for job_dir, _ in jobs]
+    # Overrides every job shares (trainer=quick logger=none ...) would repeat on every line.
+    shared = set.intersection(*(set(o) for o in job_overrides if o is not None)) if any(job_overrides) else set()
+    for (job_dir, summary), overrides_list in zip(jobs, job_overrides):
         status = str(summary.get("status", Status.MISSING))
         counts[status] = counts.get(status, 0) + 1
-        overrides_file = job_dir / ".hydra" / "overrides.yaml"
-        try:
-            overrides = " ".join(map(str, yaml.safe_load(overrides_file.read_text()) or []))
-        except (OSError, yaml.YAMLError, TypeError):
-            overrides = "?"
+        overrides = "?" if overrides_list is None else " ".join(o for o in overrides_list if o not in shared)
         cells = [summary.get(k) for k in ("val/loss", "test/loss", "gap/loss", "gap/acc")]
         note = " (reused)" if summary.get("reused_from") else ""
         table.add_row(
@@ -177,5 +185,6 @@ def report_sweep(sweep_dir: Path, expected_jobs: int | None = None) -> int:
     if missing:
         counts[Status.MISSING] = counts.get(Status.MISSING, 0) + missing
     table.caption = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    Console().print(table)
+    # Not a terminal (a log file, CI): wide enough that the overrides are not cut to a few letters.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return sum(n for status, n in counts.items() if status not in rundir.ENDED)
