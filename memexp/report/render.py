@@ -16,7 +16,7 @@ from rich.table import Table
 
 from memexp.report.aggregate import Report
 from memexp.report.grouping import Group, duplicate_seeds
-from memexp.report.runs import FINISHED, STATUSES
+from memexp.report.runs import FINISHED, NOT_REACHED, STATUSES
 from memexp.report.stats import Estimate, PairedComparison
 
 if TYPE_CHECKING:
@@ -79,7 +79,9 @@ def counts_text(group: Group) -> str:
 
 def status_line(report: Report) -> str:
     totals = report.totals()
-    return ", ".join(f"{totals.get(s, 0)} {s}" for s in STATUSES)
+    # "not reached" exists only for readings (report --at): named when it happens.
+    shown = [s for s in STATUSES if s != NOT_REACHED or totals.get(s, 0)]
+    return ", ".join(f"{totals.get(s, 0)} {s}" for s in shown)
 
 
 def grouping_line(report: Report) -> str:
