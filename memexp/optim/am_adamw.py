@@ -1,4 +1,4 @@
-"""Adaptive memory AdamW (Topollai & Choromanska, arXiv 2510.04988), spec: algorithms.md.
+"""Adaptive memory AdamW (Topollai & Choromanska, arXiv 2510.04988), see docs/optimizers.md.
 
 AM-SGD's two-plane proximal step (see am_sgd.py) with Adam's diagonal preconditioner P and
 decoupled weight decay λ; only β1 adapts (β2 stays fixed). Per step, per tensor by default:
@@ -30,10 +30,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.errors import require
-from memexp.optim.am_sgd import beta_stats, check_am_args, check_am_config, clip_beta
-from memexp.optim.base import Closure, MemexpOptimizer, call_closure
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+from memexp.optim.am_sgd import beta_stats, check_am_args, clip_beta
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument, check_betas
+from memexp.optim.memory import MemoryFamily
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
+
+
+@dataclass
+class AMAdamWConfig(OptimizerConfig):
+    name: str = "am_adamw"
+    lr: float = 1e-3
+    beta_max: float = 0.89  # 0.9 − 0.1ρ: caps the weight on d, (β + ρ)/(1 + ρ), at 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    rho: float = 0.1
+    offset: str = "taylor"
+    scope: str = "per_tensor"
+    adaptive: bool = True
+    foreach: bool | None = None
 
 
 class AdaptiveMemoryAdamW(MemexpOptimizer):
@@ -45,22 +60,20 @@ class AdaptiveMemoryAdamW(MemexpOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.89, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        rho: float = 0.1,
+        lr: float = AMAdamWConfig.lr,
+        betas: tuple[float, float] = (AMAdamWConfig.beta_max, AMAdamWConfig.beta2),
+        eps: float = AMAdamWConfig.eps,
+        weight_decay: float = AMAdamWConfig.weight_decay,
+        rho: float = AMAdamWConfig.rho,
         *,
-        offset: str = "taylor",
-        scope: str = "per_tensor",
-        adaptive: bool = True,
+        offset: str = AMAdamWConfig.offset,
+        scope: str = AMAdamWConfig.scope,
+        adaptive: bool = AMAdamWConfig.adaptive,
         foreach: bool | None = None,
     ) -> None:
-        check_am_args(lr, betas[0], rho, weight_decay, offset, scope)
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"betas[1]={betas[1]} is not allowed: a number in [0, 1)")
-        if not eps > 0:
-            raise ValueError(f"eps={eps} is not allowed: a number > 0")
+        check_betas(betas)
+        check_am_args(lr, betas[0], rho, weight_decay, offset, scope, beta_key="betas[0]")
+        check_argument(eps > 0, "eps", eps, "a number > 0")
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, rho=rho, adaptive=adaptive, foreach=foreach
         )
@@ -203,39 +216,14 @@ class AdaptiveMemoryAdamW(MemexpOptimizer):
         return terms
 
 
-@dataclass
-class AMAdamWConfig(OptimizerConfig):
-    name: str = "am_adamw"
-    lr: float = 1e-3
-    beta_max: float = 0.89  # 0.9 − 0.1ρ: caps the weight on d, (β + ρ)/(1 + ρ), at 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    rho: float = 0.1
-    offset: str = "taylor"
-    scope: str = "per_tensor"
-    adaptive: bool = True
-    foreach: bool | None = None
-
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta_max", self.beta_max)
-        self.check_beta("beta2", self.beta2)
-        require(self.eps > 0, "eps", self.eps, "a number > 0")
-        check_am_config(self.rho, self.offset, self.scope)
-
-
-@OPTIMIZERS.register("am_adamw", config=AMAdamWConfig)
-def build_am_adamw(param_groups: list[dict[str, Any]], cfg: AMAdamWConfig) -> AdaptiveMemoryAdamW:
-    return AdaptiveMemoryAdamW(
-        param_groups,
-        lr=cfg.lr,
-        betas=(cfg.beta_max, cfg.beta2),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        rho=cfg.rho,
-        offset=cfg.offset,
-        scope=cfg.scope,
-        adaptive=cfg.adaptive,
-        foreach=cfg.foreach,
+AM_ADAMW_INFO = register_optimizer(
+    OptimizerInfo(
+        name="am_adamw",
+        optimizer_class=AdaptiveMemoryAdamW,
+        config=AMAdamWConfig,
+        memory=MemoryFamily.adaptive_memory,
+        decoupled_decay=True,
+        state_buffers=("direction", "exp_avg_sq"),
+        betas=("beta_max", "beta2"),
     )
+)

@@ -1,4 +1,4 @@
-"""Adaptive memory momentum SGD (Topollai & Choromanska, arXiv 2510.04988), spec: algorithms.md.
+"""Adaptive memory momentum SGD (Topollai & Choromanska, arXiv 2510.04988), see docs/optimizers.md.
 
 Each step models the loss near x_t by two planes, ℓ_g from the current gradient g and ℓ_d from the
 memory direction d, and takes a proximal step on max(ℓ_g, ℓ_d) (with ρ pulling towards the
@@ -31,29 +31,38 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.errors import require
-from memexp.optim.base import Closure, MemexpOptimizer, call_closure
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument
+from memexp.optim.memory import MemoryFamily
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 OFFSETS = ("taylor", "carried")
 SCOPES = ("global", "per_tensor")
 
 
-def check_am_args(lr: float, beta_max: float, rho: float, weight_decay: float, offset: str, scope: str) -> None:
-    if not lr >= 0:
-        raise ValueError(f"lr={lr} is not allowed: a number >= 0")
-    if not 0.0 <= beta_max < 1.0:
-        raise ValueError(f"beta_max={beta_max} is not allowed: a number in [0, 1)")
-    if not rho >= 0:
-        raise ValueError(f"rho={rho} is not allowed: a number >= 0")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay={weight_decay} is not allowed: a number >= 0")
-    if offset not in OFFSETS:
-        raise ValueError(f"offset={offset!r} is not allowed: one of {OFFSETS}")
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not allowed: one of {SCOPES}")
-    if offset == "carried" and scope != "global":
-        raise ValueError("offset='carried' is not allowed with scope='per_tensor': the loss is one number (use global)")
+@dataclass
+class AMSGDConfig(OptimizerConfig):
+    name: str = "am_sgd"
+    lr: float = 0.1
+    beta_max: float = 0.9
+    rho: float = 0.1
+    weight_decay: float = 0.0
+    offset: str = "taylor"  # taylor | carried (see the module docstring)
+    scope: str = "global"  # global | per_tensor
+    adaptive: bool = True
+    foreach: bool | None = None
+
+
+def check_am_args(
+    lr: float, beta_max: float, rho: float, weight_decay: float, offset: str, scope: str, beta_key: str = "beta_max"
+) -> None:
+    check_argument(lr >= 0, "lr", lr, "a number >= 0")
+    check_argument(0.0 <= beta_max < 1.0, beta_key, beta_max, "a number in [0, 1)")
+    check_argument(rho >= 0, "rho", rho, "a number >= 0")
+    check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+    check_argument(offset in OFFSETS, "offset", offset, f"one of {list(OFFSETS)}")
+    check_argument(scope in SCOPES, "scope", scope, f"one of {list(SCOPES)}")
+    # The carried plane needs the loss, which is one number: one beta for the whole model.
+    check_argument(offset == "taylor" or scope == "global", "offset", offset, "taylor when scope=per_tensor")
 
 
 def clip_beta(numerator: Tensor, denominator: Tensor, beta_max: float) -> Tensor:
@@ -84,14 +93,14 @@ class AdaptiveMemorySGD(MemexpOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.1,
-        beta_max: float = 0.9,
-        rho: float = 0.1,
-        weight_decay: float = 0.0,
+        lr: float = AMSGDConfig.lr,
+        beta_max: float = AMSGDConfig.beta_max,
+        rho: float = AMSGDConfig.rho,
+        weight_decay: float = AMSGDConfig.weight_decay,
         *,
-        offset: str = "taylor",
-        scope: str = "global",
-        adaptive: bool = True,
+        offset: str = AMSGDConfig.offset,
+        scope: str = AMSGDConfig.scope,
+        adaptive: bool = AMSGDConfig.adaptive,
         foreach: bool | None = None,
     ) -> None:
         check_am_args(lr, beta_max, rho, weight_decay, offset, scope)
@@ -217,41 +226,13 @@ class AdaptiveMemorySGD(MemexpOptimizer):
         return loss
 
 
-@dataclass
-class AMSGDConfig(OptimizerConfig):
-    name: str = "am_sgd"
-    lr: float = 0.1
-    beta_max: float = 0.9
-    rho: float = 0.1
-    weight_decay: float = 0.0
-    offset: str = "taylor"  # taylor | carried (see the module docstring)
-    scope: str = "global"  # global | per_tensor
-    adaptive: bool = True
-    foreach: bool | None = None
-
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta_max", self.beta_max)
-        check_am_config(self.rho, self.offset, self.scope)
-
-
-def check_am_config(rho: float, offset: str, scope: str) -> None:
-    require(rho >= 0, "rho", rho, "a number >= 0")
-    require(offset in OFFSETS, "offset", offset, f"one of {list(OFFSETS)}")
-    require(scope in SCOPES, "scope", scope, f"one of {list(SCOPES)}")
-    require(offset == "taylor" or scope == "global", "offset", offset, "taylor when scope=per_tensor")
-
-
-@OPTIMIZERS.register("am_sgd", config=AMSGDConfig)
-def build_am_sgd(param_groups: list[dict[str, Any]], cfg: AMSGDConfig) -> AdaptiveMemorySGD:
-    return AdaptiveMemorySGD(
-        param_groups,
-        lr=cfg.lr,
-        beta_max=cfg.beta_max,
-        rho=cfg.rho,
-        weight_decay=cfg.weight_decay,
-        offset=cfg.offset,
-        scope=cfg.scope,
-        adaptive=cfg.adaptive,
-        foreach=cfg.foreach,
+AM_SGD_INFO = register_optimizer(
+    OptimizerInfo(
+        name="am_sgd",
+        optimizer_class=AdaptiveMemorySGD,
+        config=AMSGDConfig,
+        memory=MemoryFamily.adaptive_memory,
+        decoupled_decay=False,
+        state_buffers=("direction",),
     )
+)

@@ -242,5 +242,5 @@ def test_am_adamw_with_constant_beta_is_adamw(foreach: bool) -> None:
 
 def test_carried_offset_needs_global_scope() -> None:
     x = torch.nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match="offset='carried' is not allowed with scope='per_tensor'"):
+    with pytest.raises(ValueError, match="offset='carried' is not allowed: taylor when scope=per_tensor"):
         AdaptiveMemoryAdamW([x], offset="carried", scope="per_tensor")

@@ -9,10 +9,8 @@ import pytest
 import torch
 
 from memexp.optim import Lion, MemorylessAdamW, MemorylessLion, MemorylessSGD
-from memexp.optim.adamw_memoryless import adam_lag
-from memexp.optim.hvp import RNGSnapshot, hessian_vector_product
-from memexp.optim.lion_memoryless import lion_lag_ratio
-from memexp.optim.sgd_memoryless import heavy_ball_coefficients
+from memexp.optim.closure_hvp import RNGSnapshot, hessian_vector_product
+from memexp.optim.memory import adam_lag, heavy_ball_coefficients, lion_lag_ratio
 from tests.optim.problems import QuarticProblem, small_mlp
 
 # -- the finite-n coefficients, against the literal sums of the spec --------------------------------
