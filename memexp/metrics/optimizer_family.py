@@ -41,6 +41,9 @@ def steps_taken(optimizer: torch.optim.Optimizer, fallback: int | None) -> int |
 def adam_preconditioner(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> Tensor | None:
     """Flat P = 1 / (sqrt(v_hat) + eps) for Adam-type optimizers (bias-corrected second moment),
     in the order of ``params``; None when any parameter has no second-moment state yet."""
+    info = describe(optimizer)
+    if info is None or "exp_avg_sq" not in info.state_buffers:
+        return None  # no second moment declared: no Adam preconditioner
     by_param = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     parts = []
     for param in params:
