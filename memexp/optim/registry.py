@@ -137,3 +137,11 @@ def describe(optimizer: torch.optim.Optimizer) -> OptimizerInfo | None:
         if entry.info is not None and entry.info.optimizer_class is type(optimizer):
             return entry.info
     return None
+
+
+def twin_for(name: str) -> OptimizerInfo | None:
+    """The registered memoryless-corrected twin of optimizer ``name`` (``sgd`` -> ``sgd_memoryless``)."""
+    for entry in OPTIMIZERS.entries():
+        if entry.info is not None and entry.info.twin_of == name:
+            return entry.info
+    return None
