@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.optim.base import check_argument, check_betas, global_dot, global_l1
+from memexp.optim.adamw import check_adamw_arguments
+from memexp.optim.base import global_dot, global_l1
 from memexp.optim.memory import MemoryFamily, adam_lag, hvp_directions, implicit_penalty, penalty_coefficient
 from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
 from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
@@ -61,10 +62,7 @@ class MemorylessAdamW(MemorylessOptimizer):
         hvp_radius: float | None = AdamWMemorylessConfig.hvp_radius,
         foreach: bool | None = None,
     ) -> None:
-        check_argument(lr >= 0, "lr", lr, "a number >= 0")
-        check_betas(betas)
-        check_argument(eps > 0, "eps", eps, "a number > 0")
-        check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+        check_adamw_arguments(lr, betas, eps, weight_decay)  # a twin accepts what its original does
         defaults = dict(
             lr=lr,
             betas=tuple(betas),

@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.optim.base import check_argument, global_dot
+from memexp.optim.base import global_dot
 from memexp.optim.memory import MemoryFamily, heavy_ball_coefficients, hvp_directions, penalty_coefficient
 from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
 from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
+from memexp.optim.sgd import check_sgd_arguments
 
 
 @dataclass
@@ -68,9 +69,8 @@ class MemorylessSGD(MemorylessOptimizer):
         hvp_radius: float | None = SGDMemorylessConfig.hvp_radius,
         foreach: bool | None = None,
     ) -> None:
-        check_argument(lr >= 0, "lr", lr, "a number >= 0")
-        check_argument(0.0 <= momentum < 1.0, "momentum", momentum, "a number in [0, 1)")
-        check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+        # A twin accepts what its original does (torch's SGD without dampening or Nesterov).
+        check_sgd_arguments(lr, momentum, dampening=0.0, nesterov=False, weight_decay=weight_decay)
         defaults = dict(
             lr=lr,
             momentum=momentum,
