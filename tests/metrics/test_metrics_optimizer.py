@@ -251,3 +251,19 @@ def test_adaptive_memory_is_recognised_before_its_first_step() -> None:
     for cls in (AdaptiveMemorySGD, AdaptiveMemoryAdamW):
         optimizer = cls([_torch.nn.Parameter(_torch.zeros(3))], lr=0.1)
         assert memory_family(optimizer) is MemoryFamily.adaptive_memory, cls.__name__
+
+
+def test_family_is_never_guessed_from_a_class_name() -> None:
+    """A class called Lion that memexp has no description of gets no correction (before, its name made
+    it "lion"); memexp's own Lion, built by the registry, carries its description."""
+
+    class LionLookalike(torch.optim.SGD):
+        pass
+
+    LionLookalike.__name__ = "Lion"
+    model, optimizer, batch, _ = quadratic_problem(lambda p: LionLookalike(p, lr=0.01, momentum=0.9), steps=2)
+    assert memory_family(optimizer) is None
+    out = compute_metrics(model, mean_output, batch, optimizer, economy(), step=2)
+    assert "geom/correction" not in out and "geom/lion_linf_lambda" not in out
+    built = OPTIMIZERS.build("lion", [{"params": list(model.parameters())}], OPTIMIZERS.get("lion").config())
+    assert memory_family(built) is MemoryFamily.lion
