@@ -25,13 +25,21 @@ class AdamWConfig(OptimizerConfig):
 
 
 def check_adamw_arguments(
-    lr: float, betas: tuple[float, float], eps: float, weight_decay: float, **_: object
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    **_: object,
 ) -> None:
-    """memexp's ranges for torch.optim.AdamW (torch accepts eps = 0)."""
+    """memexp's ranges for torch.optim.AdamW (torch accepts eps = 0, and rejects fused with foreach by
+    a RuntimeError that would not name the key)."""
     check_argument(lr >= 0, "lr", lr, "a number >= 0")
     check_betas(betas)
     check_argument(eps > 0, "eps", eps, "a number > 0")
     check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+    check_argument(not (fused and foreach), "fused", fused, "not true together with foreach=true")
 
 
 ADAMW_INFO = register_optimizer(

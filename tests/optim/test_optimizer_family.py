@@ -222,6 +222,7 @@ def test_every_optimizer_describes_itself() -> None:
         ("am_adamw", {"beta_max": -0.1}, "optimizer.beta_max"),
         ("adamw_memoryless", {"beta2": 1.0}, "optimizer.beta2"),
         ("sgd", {"dampening": 2.0}, "optimizer.dampening"),
+        ("adamw", {"fused": True, "foreach": True}, "optimizer.fused"),
         ("sgd_memoryless", {"correction_scale": float("inf")}, "optimizer.correction_scale"),
     ],
 )
