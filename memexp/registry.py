@@ -23,6 +23,7 @@ class Entry(Generic[BuilderT]):
     name: str
     builder: BuilderT
     config: type | None
+    info: Any = None  # what the entry says about itself (optimizers: an OptimizerInfo)
 
 
 class Registry(Generic[BuilderT]):
@@ -30,11 +31,11 @@ class Registry(Generic[BuilderT]):
         self.group = group
         self._entries: dict[str, Entry[BuilderT]] = {}
 
-    def register(self, name: str, *, config: type | None = None) -> Callable[[BuilderT], BuilderT]:
+    def register(self, name: str, *, config: type | None = None, info: Any = None) -> Callable[[BuilderT], BuilderT]:
         def decorate(builder: BuilderT) -> BuilderT:
             if name in self._entries:
                 raise ValueError(f"{self.group} {name!r} is registered twice")
-            self._entries[name] = Entry(name, builder, config)
+            self._entries[name] = Entry(name, builder, config, info)
             if config is not None:
                 from hydra.core.config_store import ConfigStore
 
@@ -51,6 +52,9 @@ class Registry(Generic[BuilderT]):
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         return self.get(name).builder(*args, **kwargs)
+
+    def entries(self) -> list[Entry[BuilderT]]:
+        return [self._entries[name] for name in self.names()]
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -1,4 +1,4 @@
-"""Does a memoryless-corrected twin track its original optimizer? (seed 000, memoryless.md)
+"""Does a memoryless-corrected twin track its original optimizer? (seed 000, docs/memory_theory.md)
 
 For each optimizer with memory and its memoryless twin, run both from the same start on the same
 deterministic (full-batch, float64) loss for a fixed time horizon T, at several step sizes h

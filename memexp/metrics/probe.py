@@ -20,15 +20,21 @@ from memexp.config import MetricsConfig, TrackSchedule
 from memexp.metrics import curvature, geometry
 from memexp.metrics.hvp import HessianOperator, LossFn, ProbeLoss, choose_backend, curvature_mode, split_batch
 from memexp.metrics.optimizer_family import (
-    adam_memory_length,
     adam_preconditioner,
     adaptive_beta_stats,
-    decoupled_weight_decay,
-    group_correction,
-    heavy_ball_coefficients,
-    optimizer_family,
-    sign,
+    decoupled_decay,
+    memory_family,
     steps_taken,
+)
+from memexp.optim.memory import (
+    PENALTY_NORM,
+    MemoryFamily,
+    adam_lag,
+    heavy_ball_coefficients,
+    hvp_directions,
+    implicit_penalty,
+    penalty_coefficient,
+    sign,
 )
 
 CURVATURE_METRICS = ("sharpness", "sharpness_precond", "hessian_trace", "correction_ratio", "r_med")
@@ -85,13 +91,15 @@ def compute_metrics(
         probe = ProbeLoss(model, loss_fn, split_batch(*batch, cfg.probe_chunk))
         names, params = probe.names, probe.params
         groups = group_of(optimizer, params)
-        family = optimizer_family(optimizer)
+        family = memory_family(optimizer)
         n = steps_taken(optimizer, step)
 
         gradient: Tensor | None = None
+        probe_loss = 0.0
         if selected & {"grad_norms", "correction", "correction_ratio"}:
             loss, gradient = probe.loss_and_gradient()
-            out["geom/probe_loss"] = float(loss)
+            probe_loss = float(loss)
+            out["geom/probe_loss"] = probe_loss
         if "grad_norms" in selected and gradient is not None:
             out.update(geometry.gradient_norms(gradient))
         if "weight_norm" in selected:
@@ -99,13 +107,14 @@ def compute_metrics(
         if "update_ratio" in selected and weights_before is not None:
             out.update(geometry.update_ratios(names, params, weights_before))
         if "lion_constraint" in selected:
-            decay = [float(g["weight_decay"]) if decoupled_weight_decay(optimizer, g) else 0.0 for g in groups]
+            decoupled = decoupled_decay(optimizer)
+            decay = [float(g["weight_decay"]) if decoupled else 0.0 for g in groups]
             out.update(geometry.lion_constraint(names, params, decay))
         if "am_beta" in selected:
             out.update(adaptive_beta_stats(optimizer))
         correction: Correction | None = None
         if selected & {"correction", "correction_ratio"} and gradient is not None:
-            correction = Correction.build(optimizer, family, groups, params, gradient, n)
+            correction = Correction.build(optimizer, family, groups, params, gradient, n, probe_loss)
             if correction is not None and "correction" in selected:
                 out.update(correction.summary())
 
@@ -125,14 +134,14 @@ def group_of(optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> li
 
 @dataclass
 class Correction:
-    """The implicit correction of the running optimizer at the current iterate (memoryless.md).
+    """The implicit correction of the running optimizer at the current iterate (docs/memory_theory.md).
 
-    Per coordinate: the penalty coefficient ``coef`` (so that the modified loss is
-    ``L + sum_groups coef * norm(g_eff)``), ``g_eff`` = the gradient the optimizer sees (coupled weight
-    decay included), ``coupled`` = the coupled decay (adds ``coupled * v`` to every Hessian product)."""
+    Per coordinate: the penalty coefficient ``coef`` of its param group (memexp.optim.memory, the
+    twins' own), ``g_eff`` = the gradient the optimizer sees (coupled weight decay included),
+    ``coupled`` = the coupled decay (adds ``coupled * v`` to every Hessian product), ``decoupled`` =
+    the decoupled decay (its part of the modified loss, lambda (theta.g - L), is in ``summary``)."""
 
-    family: str
-    norm: str  # "l2sq" or "l1"
+    family: MemoryFamily
     coef: Tensor
     g_eff: Tensor
     coupled: Tensor
@@ -143,6 +152,7 @@ class Correction:
     betas: list[tuple[float, float]]  # per coordinate group: (beta1, beta2) or (momentum, 0)
     group_index: Tensor
     eps: Tensor
+    loss: float  # L at the iterate (the probe set's), for the decoupled decay's term
     # The coefficient at unit step size: its sign is the memory's direction even where the
     # schedule's lr is 0 (e.g. the last step of a cosine schedule), when ``coef`` itself is 0.
     unit_coef: Tensor | None = None
@@ -150,19 +160,22 @@ class Correction:
     @staticmethod
     def build(
         optimizer: torch.optim.Optimizer,
-        family: str,
+        family: MemoryFamily | None,
         groups: list[dict],
         params: list[nn.Parameter],
         gradient: Tensor,
         n: int | None,
+        loss: float = 0.0,
     ) -> Correction | None:
-        per_param = [group_correction(family, optimizer, g, n) for g in groups]
-        if any(c is None for c in per_param) or not per_param:
-            return None
+        if family not in PENALTY_NORM or not groups:
+            return None  # no memory theory for this optimizer (adaptive memory, unknown)
+        if any(g.get("kernel", "l1") != "l1" for g in groups):
+            return None  # Lion-K: the penalty is h C/W K(grad L), not the l1 norm reported here
+        coefs = [penalty_coefficient(family, g, n) for g in groups]
         flat = lambda values: geometry.flat_per_parameter(values, params)  # noqa: E731
-        decoupled = [decoupled_weight_decay(optimizer, g) for g in groups]
+        decoupled = decoupled_decay(optimizer)
         decay = [float(g.get("weight_decay", 0.0)) for g in groups]
-        coupled = flat([0.0 if d else w for d, w in zip(decoupled, decay)])
+        coupled = flat([0.0 if decoupled else w for w in decay])
         theta = torch.cat([p.detach().reshape(-1) for p in params])
         order = list(dict.fromkeys(id(g) for g in groups))
         group_ids = [order.index(id(g)) for g in groups]
@@ -174,67 +187,71 @@ class Correction:
                 betas_by_group[gid] = (float(g.get("momentum", 0.0)), 0.0)
         return Correction(
             family=family,
-            norm=per_param[0].norm,
-            coef=flat([c.coef for c in per_param]),
+            coef=flat(coefs),
             g_eff=gradient + coupled * theta,
             coupled=coupled,
             lr=flat([float(g["lr"]) for g in groups]),
-            decoupled=flat([w if d else 0.0 for d, w in zip(decoupled, decay)]),
+            decoupled=flat([w if decoupled else 0.0 for w in decay]),
             theta=theta,
             n=n,
             betas=[betas_by_group[i] for i in range(len(betas_by_group))],
             group_index=flat(group_ids).long(),
             eps=flat([float(g.get("eps", 0.0)) for g in groups]),
-            unit_coef=flat([group_correction(family, optimizer, {**g, "lr": 1.0}, n).coef for g in groups]),
+            loss=loss,
+            unit_coef=flat([penalty_coefficient(family, {**g, "lr": 1.0}, n) for g in groups]),
         )
 
+    def penalty(self) -> float:
+        """The memory's implicit penalty: memexp.optim.memory.implicit_penalty summed over the param
+        groups, in float64 (each group with its own coefficient, decay and coordinates)."""
+        g_eff, theta = self.g_eff.double(), self.theta.double()
+        total = 0.0
+        for gid in range(len(self.betas)):
+            mask = self.group_index == gid
+            gradient = g_eff[mask]
+            norm = gradient.pow(2).sum() if PENALTY_NORM[self.family] == "l2sq" else gradient.abs().sum()
+            coef, decay = float(self.coef[mask][0]), float(self.decoupled[mask][0])
+            theta_dot = (theta[mask] * gradient).sum() if decay else 0.0
+            total = total + implicit_penalty(self.family, coef, norm, theta_dot, decay, self.loss)
+        return float(total)
+
     def summary(self) -> dict[str, float]:
-        per_coordinate = self.g_eff.pow(2) if self.norm == "l2sq" else self.g_eff.abs()
-        value, weighted_coef = torch.stack(
-            [(self.coef * per_coordinate).sum(dtype=torch.float64), self.coef.mean(dtype=torch.float64)]
-        ).tolist()
+        weighted_coef = self.coef.mean(dtype=torch.float64).item()
         # The sign is the coefficient's (the memory's direction), not the value's: at a stationary
-        # point the value is 0 but the memory still (anti-)regularizes.
+        # point the value is 0 but the memory still (anti-)regularizes. It follows from the
+        # hyperparameters alone (docs/optimizers.md): a label of the run, not a measurement.
         direction = weighted_coef
         if self.unit_coef is not None:
             direction = self.unit_coef.mean(dtype=torch.float64).item()
         return {
-            "geom/correction": value,
+            "geom/correction": self.penalty(),
             "geom/correction_sign": sign(direction),
             "geom/correction_coef": weighted_coef,
         }
 
     def hvp_direction(self) -> Tensor:
-        """The vector the twin multiplies H with: g (heavy ball), u + lambda theta (Adam),
-        sign(g) + lambda theta (Lion)."""
-        if self.family == "heavy_ball":
-            return self.g_eff
-        if self.family == "adam":
-            return self.g_eff / (self.g_eff.abs() + self.eps) + self.decoupled * self.theta
-        if self.family == "lion":
-            return torch.sign(self.g_eff) + self.decoupled * self.theta
-        return torch.zeros_like(self.g_eff)
+        """The vector the twin multiplies H with (memexp.optim.memory.hvp_directions)."""
+        return hvp_directions(self.family, [self.g_eff], [self.theta], eps=self.eps, decoupled_decay=self.decoupled)[0]
 
     def ratio(self, hessian_times_direction: Tensor) -> float:
-        """|h M(theta)| / |plain step| of the memoryless twin (memoryless.md), on the probe set."""
-        hv = hessian_times_direction + self.coupled * self.hvp_direction()
+        """|h M(theta)| / |plain step| of the memoryless twin (docs/memory_theory.md), on the probe set."""
+        direction = self.hvp_direction()
+        hv = hessian_times_direction + self.coupled * direction
         h = self.lr
-        if self.family == "heavy_ball":
+        if self.family is MemoryFamily.heavy_ball:
             # twin: h (s_n g + h c_n H g) = h s_n (g + 2 coef H g)
             weight = h * self._per_group(lambda b1, b2: heavy_ball_coefficients(b1, self.n)[0])
             plain, corr = weight * self.g_eff, weight * 2 * self.coef * hv
-        elif self.family == "adam":
+        elif self.family is MemoryFamily.adam:
             # twin: h (w + h (H w) * [A_n / (|g| + eps) - B_n |g| / (|g| + eps)^2]),  w = u + lambda theta
-            a = self._per_group(lambda b1, b2: adam_memory_length(b1, self.n))
-            b = self._per_group(lambda b1, b2: adam_memory_length(b2, self.n))
+            a = self._per_group(lambda b1, b2: adam_lag(b1, self.n))
+            b = self._per_group(lambda b1, b2: adam_lag(b2, self.n))
             denom = self.g_eff.abs() + self.eps
-            plain = h * self.hvp_direction()
+            plain = h * direction
             corr = h * h * hv * (a / denom - b * self.g_eff.abs() / denom**2)
-        elif self.family == "lion":
-            # twin: sign(g + h (C_n/W_n) H (sign g + lambda theta)): compare the two terms in the sign
-            plain, corr = self.g_eff, self.coef * hv
         else:
-            return 0.0
+            # Lion's twin: sign(g + h (C_n/W_n) H (sign g + lambda theta)): compare the two terms in the sign
+            plain, corr = self.g_eff, self.coef * hv
         denominator = float(torch.linalg.vector_norm(plain.double()))
         numerator = float(torch.linalg.vector_norm(corr.double()))
         return numerator / denominator if denominator > 0 else (0.0 if numerator == 0 else math.inf)
@@ -276,7 +293,7 @@ def curvature_metrics(
             root = preconditioner.sqrt().to(dtype)[:, None]
             result = curvature.top_eigenvalue(lambda v: root * operator.matmat(root * v), dim, device, dtype, **eigen)
             out["geom/sharpness_precond"], out["geom/sharpness_precond_residual"] = result.value, result.residual
-    if "correction_ratio" in wanted and correction is not None and correction.family in ("heavy_ball", "adam", "lion"):
+    if "correction_ratio" in wanted and correction is not None:
         out["geom/correction_ratio"] = correction.ratio(operator.matvec(correction.hvp_direction()))
     if "hessian_trace" in wanted or "r_med" in wanted:
         hutch = curvature.hutchinson(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from memexp.errors import require
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+from memexp.optim.base import check_argument, check_betas
+from memexp.optim.memory import MemoryFamily
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 
 @dataclass
@@ -23,22 +23,33 @@ class AdamWConfig(OptimizerConfig):
     foreach: bool | None = None
     fused: bool | None = None
 
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta1", self.beta1)
-        self.check_beta("beta2", self.beta2)
-        require(self.eps > 0, "eps", self.eps, "a number > 0")
+
+def check_adamw_arguments(
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    **_: object,
+) -> None:
+    """memexp's ranges for torch.optim.AdamW (torch accepts eps = 0, and rejects fused with foreach by
+    a RuntimeError that would not name the key)."""
+    check_argument(lr >= 0, "lr", lr, "a number >= 0")
+    check_betas(betas)
+    check_argument(eps > 0, "eps", eps, "a number > 0")
+    check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+    check_argument(not (fused and foreach), "fused", fused, "not true together with foreach=true")
 
 
-@OPTIMIZERS.register("adamw", config=AdamWConfig)
-def build_adamw(param_groups: list[dict[str, Any]], cfg: AdamWConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        param_groups,
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        amsgrad=cfg.amsgrad,
-        foreach=cfg.foreach,
-        fused=cfg.fused,
+ADAMW_INFO = register_optimizer(
+    OptimizerInfo(
+        name="adamw",
+        optimizer_class=torch.optim.AdamW,
+        config=AdamWConfig,
+        memory=MemoryFamily.adam,
+        decoupled_decay=True,
+        state_buffers=("exp_avg", "exp_avg_sq"),
+        validate=check_adamw_arguments,
     )
+)

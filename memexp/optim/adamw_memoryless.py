@@ -1,4 +1,4 @@
-"""Memoryless-corrected AdamW: the twin of ``torch.optim.AdamW`` (memoryless.md).
+"""Memoryless-corrected AdamW: the twin of ``torch.optim.AdamW`` (docs/memory_theory.md).
 
 AdamW (torch convention, bias-corrected, decoupled decay λ) with all past gradients equal to the
 current g takes the memoryless direction u = g/(|g| + ε), plus λθ. The twin corrects for where the
@@ -10,7 +10,8 @@ past iterates really were, with the finite-n lag moments of the bias-corrected E
 
 A_0 = B_0 = 0, so the first step equals AdamW's. Reading (ε → 0, λ = 0): the step is
 diag(1/|g|)·∇[L + h·(A_n − B_n)·‖∇L‖₁]; with β1 < β2 (0.9 < 0.999) the penalty is negative: AdamW's
-memory anti-regularizes. ``last_stats['implicit_penalty']`` = h·scale·(A_n − B_n)·‖g‖₁.
+memory anti-regularizes. ``last_stats['implicit_penalty']`` = h·scale·(A_n − B_n)·(‖g‖₁ + λ(θ·g − L)):
+the decoupled decay's part comes from H·λθ = λ∇(θ·∇L − L) (memexp.optim.memory.implicit_penalty).
 """
 
 from __future__ import annotations
@@ -22,17 +23,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.errors import require
-from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms, lag_moment
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
-from memexp.optim.sgd_memoryless import check_correction_config
+from memexp.optim.adamw import check_adamw_arguments
+from memexp.optim.base import global_dot, global_l1
+from memexp.optim.memory import MemoryFamily, adam_lag, hvp_directions, implicit_penalty, penalty_coefficient
+from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 
-def adam_lag(beta: float, n: int) -> float:
-    """A_n = Σ_{k=0..n} k·(1−β)β^k/(1−β^{n+1})."""
-    if n == 0 or beta == 0.0:
-        return 0.0
-    return (1.0 - beta) * beta * lag_moment(beta, n) / (1.0 - beta ** (n + 1))
+@dataclass
+class AdamWMemorylessConfig(OptimizerConfig):
+    name: str = "adamw_memoryless"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    correction: bool = True
+    correction_scale: float = 1.0  # the exact twin; conf/optimizer/adamw_memoryless.yaml uses 1e-3
+    hvp: str = "forward"
+    hvp_radius: float | None = None
+    foreach: bool | None = None
 
 
 class MemorylessAdamW(MemorylessOptimizer):
@@ -41,26 +51,18 @@ class MemorylessAdamW(MemorylessOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
+        lr: float = AdamWMemorylessConfig.lr,
+        betas: tuple[float, float] = (AdamWMemorylessConfig.beta1, AdamWMemorylessConfig.beta2),
+        eps: float = AdamWMemorylessConfig.eps,
+        weight_decay: float = AdamWMemorylessConfig.weight_decay,
         *,
-        correction: bool = True,
-        correction_scale: float = 1.0,
-        hvp: str = "forward",
-        hvp_radius: float | None = None,
+        correction: bool = AdamWMemorylessConfig.correction,
+        correction_scale: float = AdamWMemorylessConfig.correction_scale,
+        hvp: str = AdamWMemorylessConfig.hvp,
+        hvp_radius: float | None = AdamWMemorylessConfig.hvp_radius,
         foreach: bool | None = None,
     ) -> None:
-        if not lr >= 0:
-            raise ValueError(f"lr={lr} is not allowed: a number >= 0")
-        for index, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"betas[{index}]={beta} is not allowed: a number in [0, 1)")
-        if not eps > 0:
-            raise ValueError(f"eps={eps} is not allowed: a number > 0")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay={weight_decay} is not allowed: a number >= 0")
+        check_adamw_arguments(lr, betas, eps, weight_decay)  # a twin accepts what its original does
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -76,18 +78,12 @@ class MemorylessAdamW(MemorylessOptimizer):
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
     ) -> tuple[Any, list[Tensor]]:
         eps, wd = group["eps"], group["weight_decay"]
+        direction = hvp_directions(MemoryFamily.adam, grads, params, eps=eps, decoupled_decay=wd, foreach=foreach)
         if foreach:
             denom = torch._foreach_abs(grads)
             torch._foreach_add_(denom, eps)
-            direction = torch._foreach_div(grads, denom)
-            if wd != 0:
-                torch._foreach_add_(direction, params, alpha=wd)
         else:
             denom = [g.abs().add_(eps) for g in grads]
-            direction = [g.div(d) for g, d in zip(grads, denom)]
-            if wd != 0:
-                for w, p in zip(direction, params):
-                    w.add_(p, alpha=wd)
         return {"denom": denom, "direction": direction}, direction
 
     def _apply(
@@ -101,8 +97,10 @@ class MemorylessAdamW(MemorylessOptimizer):
         foreach: bool,
         stats: SquaredNorms,
     ) -> None:
-        h, scale, eps = group["lr"], group["correction_scale"], group["eps"]
+        h, scale, eps, wd = group["lr"], group["correction_scale"], group["eps"], group["weight_decay"]
         beta1, beta2 = group["betas"]
+        # θ·g at the step's starting point, before the update below moves θ (the decay's penalty term).
+        theta_dot_gradient = global_dot(params, grads) if products is not None and wd != 0 else 0.0
         lag1, lag2 = adam_lag(beta1, n), adam_lag(beta2, n)
         denom, direction = context["denom"], context["direction"]
         # The correction (H·w) ⊙ [A/(|g|+ε) − B·|g|/(|g|+ε)²] with |g| = denom − ε is
@@ -129,47 +127,24 @@ class MemorylessAdamW(MemorylessOptimizer):
         if products is not None:
             stats.add_norm("correction", h * h * scale, products)
             stats.add_dot("cosine", h * h * h * scale, direction, products)
-            stats.add_sum("penalty", h * scale * (lag1 - lag2), grads, absolute=True)
-
-    def _recipes(self, stats: SquaredNorms) -> dict[str, Any]:
-        recipes = super()._recipes(stats)
-        recipes["implicit_penalty"] = lambda: stats.total("penalty")
-        return recipes
-
-
-@dataclass
-class AdamWMemorylessConfig(OptimizerConfig):
-    name: str = "adamw_memoryless"
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.01
-    correction: bool = True
-    correction_scale: float = 1e-3  # measured stable range at lr=1e-3: <= 3e-3 (docs/optimizers.md)
-    hvp: str = "forward"
-    hvp_radius: float | None = None
-    foreach: bool | None = None
-
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta1", self.beta1)
-        self.check_beta("beta2", self.beta2)
-        require(self.eps > 0, "eps", self.eps, "a number > 0")
-        check_correction_config(self.correction_scale, self.hvp, self.hvp_radius)
+            coef = penalty_coefficient(MemoryFamily.adam, group, n)
+            loss = 0.0 if stats.loss is None else stats.loss
+            stats.add_term(
+                "penalty",
+                lambda: implicit_penalty(MemoryFamily.adam, coef, global_l1(grads), theta_dot_gradient, wd, loss),
+            )
 
 
-@OPTIMIZERS.register("adamw_memoryless", config=AdamWMemorylessConfig)
-def build_adamw_memoryless(param_groups: list[dict[str, Any]], cfg: AdamWMemorylessConfig) -> MemorylessAdamW:
-    return MemorylessAdamW(
-        param_groups,
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        correction=cfg.correction,
-        correction_scale=cfg.correction_scale,
-        hvp=cfg.hvp,
-        hvp_radius=cfg.hvp_radius,
-        foreach=cfg.foreach,
+
+ADAMW_MEMORYLESS_INFO = register_optimizer(
+    OptimizerInfo(
+        name="adamw_memoryless",
+        optimizer_class=MemorylessAdamW,
+        config=AdamWMemorylessConfig,
+        memory=MemoryFamily.adam,
+        decoupled_decay=True,
+        needs_closure=True,
+        needs_hvp=True,
+        twin_of="adamw",
     )
+)

@@ -1,4 +1,4 @@
-"""Adaptive memory momentum SGD (Topollai & Choromanska, arXiv 2510.04988), spec: algorithms.md.
+"""Adaptive memory momentum SGD (Topollai & Choromanska, arXiv 2510.04988), see docs/optimizers.md.
 
 Each step models the loss near x_t by two planes, ℓ_g from the current gradient g and ℓ_d from the
 memory direction d, and takes a proximal step on max(ℓ_g, ℓ_d) (with ρ pulling towards the
@@ -25,35 +25,44 @@ and β_t is clipped to each group's β_max; the carried offset divides by the fi
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from memexp.errors import require
-from memexp.optim.base import Closure, MemexpOptimizer, call_closure
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument
+from memexp.optim.memory import MemoryFamily
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 OFFSETS = ("taylor", "carried")
 SCOPES = ("global", "per_tensor")
 
 
-def check_am_args(lr: float, beta_max: float, rho: float, weight_decay: float, offset: str, scope: str) -> None:
-    if not lr >= 0:
-        raise ValueError(f"lr={lr} is not allowed: a number >= 0")
-    if not 0.0 <= beta_max < 1.0:
-        raise ValueError(f"beta_max={beta_max} is not allowed: a number in [0, 1)")
-    if not rho >= 0:
-        raise ValueError(f"rho={rho} is not allowed: a number >= 0")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay={weight_decay} is not allowed: a number >= 0")
-    if offset not in OFFSETS:
-        raise ValueError(f"offset={offset!r} is not allowed: one of {OFFSETS}")
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not allowed: one of {SCOPES}")
-    if offset == "carried" and scope != "global":
-        raise ValueError("offset='carried' is not allowed with scope='per_tensor': the loss is one number (use global)")
+@dataclass
+class AMSGDConfig(OptimizerConfig):
+    name: str = "am_sgd"
+    lr: float = 0.1
+    beta_max: float = 0.9
+    rho: float = 0.1
+    weight_decay: float = 0.0
+    offset: str = "taylor"  # taylor | carried (see the module docstring)
+    scope: str = "global"  # global | per_tensor
+    adaptive: bool = True
+    foreach: bool | None = None
+
+
+def check_am_args(
+    lr: float, beta_max: float, rho: float, weight_decay: float, offset: str, scope: str, beta_key: str = "beta_max"
+) -> None:
+    check_argument(lr >= 0, "lr", lr, "a number >= 0")
+    check_argument(0.0 <= beta_max < 1.0, beta_key, beta_max, "a number in [0, 1)")
+    check_argument(rho >= 0, "rho", rho, "a number >= 0")
+    check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+    check_argument(offset in OFFSETS, "offset", offset, f"one of {list(OFFSETS)}")
+    check_argument(scope in SCOPES, "scope", scope, f"one of {list(SCOPES)}")
+    # The carried plane needs the loss, which is one number: one beta for the whole model.
+    check_argument(offset == "taylor" or scope == "global", "offset", offset, "taylor when scope=per_tensor")
 
 
 def clip_beta(numerator: Tensor, denominator: Tensor, beta_max: float) -> Tensor:
@@ -84,14 +93,14 @@ class AdaptiveMemorySGD(MemexpOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 0.1,
-        beta_max: float = 0.9,
-        rho: float = 0.1,
-        weight_decay: float = 0.0,
+        lr: float = AMSGDConfig.lr,
+        beta_max: float = AMSGDConfig.beta_max,
+        rho: float = AMSGDConfig.rho,
+        weight_decay: float = AMSGDConfig.weight_decay,
         *,
-        offset: str = "taylor",
-        scope: str = "global",
-        adaptive: bool = True,
+        offset: str = AMSGDConfig.offset,
+        scope: str = AMSGDConfig.scope,
+        adaptive: bool = AMSGDConfig.adaptive,
         foreach: bool | None = None,
     ) -> None:
         check_am_args(lr, beta_max, rho, weight_decay, offset, scope)
@@ -107,151 +116,164 @@ class AdaptiveMemorySGD(MemexpOptimizer):
         if self.offset == "carried" and closure is None:
             raise RuntimeError("offset='carried' needs the loss: call step(closure)")
         loss = call_closure(closure)
-        entries = []  # per group: (group, params, decayed grads, directions, foreach)
-        for group in self.param_groups:
-            params, grads = self._params_with_grad(group)
-            if not params:
-                continue
-            foreach = self._use_foreach(group, params)
-            wd = group["weight_decay"]
-            if wd != 0:
-                grads = (
-                    torch._foreach_add(grads, params, alpha=wd)
-                    if foreach
-                    else [g.add(p, alpha=wd) for g, p in zip(grads, params)]
-                )
-            directions = []
-            for param, grad in zip(params, grads):
-                state = self.state[param]
-                if "direction" not in state:  # d_0 = g_0
-                    state["direction"] = grad.clone(memory_format=torch.preserve_format)
-                    state["step"] = 0
-                    state["previous_lr"] = group["lr"]
-                directions.append(state["direction"])
-            entries.append((group, params, grads, directions, foreach))
-        if not entries:
+        gathered = [tensors for group in self.param_groups if (tensors := self._gather(group)) is not None]
+        if not gathered:
             return loss
-        anchor = self.state[entries[0][1][0]]  # the model-wide memory plane lives with the first parameter
+        taylor, carried = self.offset == "taylor", self.offset == "carried"
+        anchor = self.state[gathered[0].params[0]]  # the model-wide memory plane lives with the first parameter
         plane_gap: Tensor | None = None
-        if self.offset == "carried" and "memory_plane" in anchor:
+        if carried and "memory_plane" in anchor:
             assert loss is not None
-            plane_gap = (anchor["memory_plane"] - loss.detach().to(anchor["memory_plane"].dtype)) / entries[0][0]["lr"]
+            plane_gap = (anchor["memory_plane"] - loss.detach().to(anchor["memory_plane"].dtype)) / gathered[0].lr
 
-        betas_per_group: list[list[Tensor]] = []
-        numerators: list[list[Tensor]] = []
-        denominators: list[list[Tensor]] = []
-        for group, params, grads, directions, foreach in entries:
-            rho, lr = group["rho"], group["lr"]
-            if not group["adaptive"]:
-                numerators.append([])
-                denominators.append([])
+        # β = [Δ/η − ⟨d−g, g+ρd⟩_M]/‖d−g‖²_M per tensor, M = 1/(1+ρ); taylor: Δ/η = (η_{t−1}/η)·⟨g, d⟩.
+        terms: list[tuple[list[Tensor], list[Tensor]]] = []
+        for tensors in gathered:
+            if not tensors.group["adaptive"]:
+                terms.append(([], []))
                 continue
-            lr_ratios = [self.state[p]["previous_lr"] / lr if lr > 0 else 0.0 for p in params]
-            if foreach:
-                differences = torch._foreach_sub(directions, grads)
-                squared = tensor_sums(torch._foreach_mul(differences, differences))
-                pulls = torch._foreach_add(grads, directions, alpha=rho)
-                inner = tensor_sums(torch._foreach_mul(differences, pulls))
-                plane = tensor_sums(torch._foreach_mul(grads, directions)) if self.offset == "taylor" else None
-            else:
-                differences = [d - g for d, g in zip(directions, grads)]
-                squared = [(x * x).sum() for x in differences]
-                inner = [(x * g.add(d, alpha=rho)).sum() for x, g, d in zip(differences, grads, directions)]
-                plane = [(g * d).sum() for g, d in zip(grads, directions)] if self.offset == "taylor" else None
-            # β = [Δ/η − ⟨d−g, g+ρd⟩_M]/‖d−g‖²_M with M = 1/(1+ρ); taylor: Δ/η = (η_{t−1}/η)·⟨g, d⟩.
-            num = [-i / (1 + rho) for i in inner]
+            rho, lr = tensors.group["rho"], tensors.lr
+            reduce = _sgd_beta_terms_foreach if tensors.foreach else _sgd_beta_terms_single
+            squared, inner, plane = reduce(tensors.grads, tensors.directions, rho, taylor)
+            numerators = [-i / (1 + rho) for i in inner]
             if plane is not None:
-                num = [n + r * s for n, r, s in zip(num, lr_ratios, plane)]
-            numerators.append(num)
-            denominators.append([s / (1 + rho) for s in squared])
-
+                lr_ratios = [self.state[p]["previous_lr"] / lr if lr > 0 else 0.0 for p in tensors.params]
+                numerators = [n + r * s for n, r, s in zip(numerators, lr_ratios, plane)]
+            terms.append((numerators, [s / (1 + rho) for s in squared]))
         if self.scope == "global":
-            flat_num = [n for group_num in numerators for n in group_num]
-            flat_den = [d for group_den in denominators for d in group_den]
+            flat_num = [n for numerators, _ in terms for n in numerators]
+            flat_den = [d for _, denominators in terms for d in denominators]
             total_num = torch.stack(flat_num).sum() if flat_num else None
             total_den = torch.stack(flat_den).sum() if flat_den else None
             if total_num is not None and plane_gap is not None:
                 total_num = total_num + plane_gap
+
+        betas_per_group: list[list[Tensor]] = []
         plane_increment: list[Tensor] = []
-        for (group, params, grads, directions, foreach), num, den in zip(entries, numerators, denominators):
-            beta_max, rho, lr = group["beta_max"], group["rho"], group["lr"]
-            reference = directions[0]
+        for tensors, (numerators, denominators) in zip(gathered, terms):
+            group, params, grads, directions = tensors.group, tensors.params, tensors.grads, tensors.directions
+            beta_max, rho, lr = group["beta_max"], group["rho"], tensors.lr
             if not group["adaptive"]:
+                reference = directions[0]
                 betas = [torch.tensor(beta_max, dtype=reference.dtype, device=reference.device)] * len(params)
             elif self.scope == "global":
                 assert total_num is not None and total_den is not None
                 betas = [clip_beta(total_num, total_den, beta_max)] * len(params)
             else:
-                betas = [clip_beta(n, d, beta_max) for n, d in zip(num, den)]
-            memory_weights = [(b + rho) / (1 + rho) for b in betas]
-            gradient_weights = [(1 - b) / (1 + rho) for b in betas]
-            if self.offset == "carried":
+                betas = [clip_beta(n, d, beta_max) for n, d in zip(numerators, denominators)]
+            if carried:
                 aggregates = [g * (1 - b) + d * b for g, d, b in zip(grads, directions, betas)]
-            if foreach:
-                torch._foreach_mul_(directions, memory_weights)
-                torch._foreach_add_(directions, torch._foreach_mul(grads, gradient_weights))
-                torch._foreach_add_(params, directions, alpha=-lr)
-            else:
-                for param, grad, direction, mw, gw in zip(params, grads, directions, memory_weights, gradient_weights):
-                    direction.mul_(mw)
-                    direction.add_(grad.mul(gw))
-                    param.add_(direction, alpha=-lr)
-            if self.offset == "carried":
+            update = _sgd_update_foreach if tensors.foreach else _sgd_update_single
+            update(params, grads, directions, betas, rho, lr)
+            if carried:
                 # x_{t+1} − x_t = −η·d_{t+1}: the aggregate plane's change along the step.
                 plane_increment += [-lr * (a * d).sum() for a, d in zip(aggregates, directions)]
             for param in params:
                 self.state[param]["step"] += 1
                 self.state[param]["previous_lr"] = lr
             betas_per_group.append(betas)
-        if self.offset == "carried":
+        if carried:
             assert loss is not None
-            value = loss.detach().to(entries[0][3][0].dtype) + torch.stack(plane_increment).sum()
+            value = loss.detach().to(gathered[0].directions[0].dtype) + torch.stack(plane_increment).sum()
             if plane_gap is not None:
                 # + β·Δ: the aggregate plane sits β·Δ above L_t at x_t (first group's β).
-                value = value + betas_per_group[0][0] * plane_gap * entries[0][0]["lr"]
+                value = value + betas_per_group[0][0] * plane_gap * gathered[0].lr
             anchor["memory_plane"] = value
-        all_betas = [b for betas in betas_per_group for b in betas]
-        if self.scope == "global" and all_betas:
-            all_betas = [b for betas in betas_per_group for b in betas[:1]]
+        if self.scope == "global":
+            all_betas = [betas[0] for betas in betas_per_group]
+        else:
+            all_betas = [b for betas in betas_per_group for b in betas]
         self._end_step(beta_stats(all_betas))
         return loss
 
+    def _gather(self, group: dict[str, Any]) -> GroupTensors | None:
+        """The group's parameters with a gradient, their (coupled-decayed) gradients and memories."""
+        params, grads = self._params_with_grad(group)
+        if not params:
+            return None
+        foreach = self._use_foreach(group, params)
+        wd = group["weight_decay"]
+        if wd != 0 and foreach:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        elif wd != 0:
+            grads = [g.add(p, alpha=wd) for g, p in zip(grads, params)]
+        directions = []
+        for param, grad in zip(params, grads):
+            state = self.state[param]
+            if "direction" not in state:  # d_0 = g_0
+                state["direction"] = grad.clone(memory_format=torch.preserve_format)
+                state["step"] = 0
+                state["previous_lr"] = group["lr"]
+            directions.append(state["direction"])
+        return GroupTensors(group, params, grads, directions, foreach)
+
 
 @dataclass
-class AMSGDConfig(OptimizerConfig):
-    name: str = "am_sgd"
-    lr: float = 0.1
-    beta_max: float = 0.9
-    rho: float = 0.1
-    weight_decay: float = 0.0
-    offset: str = "taylor"  # taylor | carried (see the module docstring)
-    scope: str = "global"  # global | per_tensor
-    adaptive: bool = True
-    foreach: bool | None = None
+class GroupTensors:
+    """One param group's tensors for a step, gathered once (the shape of torch.optim's steps)."""
 
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta_max", self.beta_max)
-        check_am_config(self.rho, self.offset, self.scope)
+    group: dict[str, Any]
+    params: list[Tensor]
+    grads: list[Tensor]
+    directions: list[Tensor]  # the memory d of each parameter (state, updated in place)
+    foreach: bool
+    preconditioners: list[Tensor] = field(default_factory=list)  # AM-AdamW's diagonal P per tensor
+
+    @property
+    def lr(self) -> float:
+        return self.group["lr"]
 
 
-def check_am_config(rho: float, offset: str, scope: str) -> None:
-    require(rho >= 0, "rho", rho, "a number >= 0")
-    require(offset in OFFSETS, "offset", offset, f"one of {list(OFFSETS)}")
-    require(scope in SCOPES, "scope", scope, f"one of {list(SCOPES)}")
-    require(offset == "taylor" or scope == "global", "offset", offset, "taylor when scope=per_tensor")
+# -- kernels: the same numbers per tensor (reference) and multi-tensor (torch._foreach_*) -----------
 
 
-@OPTIMIZERS.register("am_sgd", config=AMSGDConfig)
-def build_am_sgd(param_groups: list[dict[str, Any]], cfg: AMSGDConfig) -> AdaptiveMemorySGD:
-    return AdaptiveMemorySGD(
-        param_groups,
-        lr=cfg.lr,
-        beta_max=cfg.beta_max,
-        rho=cfg.rho,
-        weight_decay=cfg.weight_decay,
-        offset=cfg.offset,
-        scope=cfg.scope,
-        adaptive=cfg.adaptive,
-        foreach=cfg.foreach,
+def _sgd_beta_terms_single(
+    grads: list[Tensor], directions: list[Tensor], rho: float, taylor: bool
+) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+    """Per tensor: ‖d − g‖², ⟨d − g, g + ρd⟩ and (taylor) ⟨g, d⟩."""
+    differences = [d - g for d, g in zip(directions, grads)]
+    squared = [(x * x).sum() for x in differences]
+    inner = [(x * g.add(d, alpha=rho)).sum() for x, g, d in zip(differences, grads, directions)]
+    plane = [(g * d).sum() for g, d in zip(grads, directions)] if taylor else None
+    return squared, inner, plane
+
+
+def _sgd_beta_terms_foreach(
+    grads: list[Tensor], directions: list[Tensor], rho: float, taylor: bool
+) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+    differences = torch._foreach_sub(directions, grads)
+    squared = tensor_sums(torch._foreach_mul(differences, differences))
+    pulls = torch._foreach_add(grads, directions, alpha=rho)
+    inner = tensor_sums(torch._foreach_mul(differences, pulls))
+    plane = tensor_sums(torch._foreach_mul(grads, directions)) if taylor else None
+    return squared, inner, plane
+
+
+def _sgd_update_single(
+    params: list[Tensor], grads: list[Tensor], directions: list[Tensor], betas: list[Tensor], rho: float, lr: float
+) -> None:
+    """d ← ((β + ρ)·d + (1 − β)·g)/(1 + ρ), x ← x − η·d."""
+    for param, grad, direction, beta in zip(params, grads, directions, betas):
+        direction.mul_((beta + rho) / (1 + rho))
+        direction.add_(grad.mul((1 - beta) / (1 + rho)))
+        param.add_(direction, alpha=-lr)
+
+
+def _sgd_update_foreach(
+    params: list[Tensor], grads: list[Tensor], directions: list[Tensor], betas: list[Tensor], rho: float, lr: float
+) -> None:
+    torch._foreach_mul_(directions, [(b + rho) / (1 + rho) for b in betas])
+    torch._foreach_add_(directions, torch._foreach_mul(grads, [(1 - b) / (1 + rho) for b in betas]))
+    torch._foreach_add_(params, directions, alpha=-lr)
+
+
+AM_SGD_INFO = register_optimizer(
+    OptimizerInfo(
+        name="am_sgd",
+        optimizer_class=AdaptiveMemorySGD,
+        config=AMSGDConfig,
+        memory=MemoryFamily.adaptive_memory,
+        decoupled_decay=False,
+        state_buffers=("direction",),
     )
+)

@@ -17,6 +17,26 @@ import torch
 from torch import Tensor
 
 StatFn = Callable[[], Tensor | float]
+
+
+class OptimizerArgumentError(ValueError):
+    """A constructor argument outside its range (a ValueError, as torch.optim raises), naming the
+    argument so that the config layer can name the config key: ``optimizer.<key>=... is not allowed``."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def check_argument(condition: bool, key: str, value: Any, allowed: str) -> None:
+    """The one range check of every memexp optimizer's constructor (``betas[0]``-style keys for tuples)."""
+    if not condition:
+        raise OptimizerArgumentError(key, value, allowed)
+
+
+def check_betas(betas: tuple[float, float] | list[float]) -> None:
+    for index, beta in enumerate(betas):
+        check_argument(0.0 <= beta < 1.0, f"betas[{index}]", beta, "a number in [0, 1)")
 Closure = Callable[..., Tensor]
 
 
@@ -52,6 +72,13 @@ def global_norm(tensors: Sequence[Tensor]) -> Tensor:
         return torch.zeros(())
     norms = torch._foreach_norm(list(tensors))
     return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
+def global_l1(tensors: Sequence[Tensor]) -> Tensor:
+    """Σ_i ‖tensors_i‖₁ as a 0-d tensor (no host sync)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.stack([t.abs().sum() for t in tensors]).sum()
 
 
 def global_dot(left: Sequence[Tensor], right: Sequence[Tensor]) -> Tensor:

@@ -1,4 +1,4 @@
-"""Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), spec: algorithms.md.
+"""Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), docs/optimizers.md.
 
     c = β1·m + (1−β1)·g            # interpolation, used only for the direction
     x ← x·(1 − η·λ) − η·sign(c)     # decoupled decay, then the sign step
@@ -17,18 +17,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.optim.base import Closure, MemexpOptimizer, call_closure, global_norm
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument, check_betas, global_norm
+from memexp.optim.memory import MemoryFamily
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
+
+
+@dataclass
+class LionConfig(OptimizerConfig):
+    name: str = "lion"
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+    foreach: bool | None = None
 
 
 def check_lion_args(lr: float, betas: tuple[float, float], weight_decay: float) -> None:
-    if not lr >= 0.0:
-        raise ValueError(f"lr={lr} is not allowed: a number >= 0")
-    for index, beta in enumerate(betas):
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"betas[{index}]={beta} is not allowed: a number in [0, 1]")
-    if not weight_decay >= 0.0:
-        raise ValueError(f"weight_decay={weight_decay} is not allowed: a number >= 0")
+    check_argument(lr >= 0.0, "lr", lr, "a number >= 0")
+    check_betas(betas)
+    check_argument(weight_decay >= 0.0, "weight_decay", weight_decay, "a number >= 0")
 
 
 def constraint_stats(groups: list[tuple[float, list[Tensor]]]) -> dict[str, Any]:
@@ -58,9 +65,9 @@ class Lion(MemexpOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
+        lr: float = LionConfig.lr,
+        betas: tuple[float, float] = (LionConfig.beta1, LionConfig.beta2),
+        weight_decay: float = LionConfig.weight_decay,
         *,
         foreach: bool | None = None,
     ) -> None:
@@ -116,23 +123,13 @@ def _lion_foreach(
     return directions
 
 
-@dataclass
-class LionConfig(OptimizerConfig):
-    name: str = "lion"
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.0
-    foreach: bool | None = None
-
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta1", self.beta1)
-        self.check_beta("beta2", self.beta2)
-
-
-@OPTIMIZERS.register("lion", config=LionConfig)
-def build_lion(param_groups: list[dict[str, Any]], cfg: LionConfig) -> Lion:
-    return Lion(
-        param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, foreach=cfg.foreach
+LION_INFO = register_optimizer(
+    OptimizerInfo(
+        name="lion",
+        optimizer_class=Lion,
+        config=LionConfig,
+        memory=MemoryFamily.lion,
+        decoupled_decay=True,
+        state_buffers=("exp_avg",),
     )
+)

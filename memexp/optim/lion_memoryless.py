@@ -1,4 +1,4 @@
-"""Memoryless-corrected Lion: the twin of :class:`~memexp.optim.Lion` (memoryless.md).
+"""Memoryless-corrected Lion: the twin of :class:`~memexp.optim.Lion` (docs/memory_theory.md).
 
 Lion's direction c_n = β1·m_{n−1} + (1−β1)·g_n is a weighted sum of past gradients,
 c_n = Σ_k w_k g_{n−k}, w_0 = 1−β1, w_k = β1(1−β2)β2^{k−1}, with W_n = Σ w_k = 1 − β1·β2^n and
@@ -13,7 +13,8 @@ modified-loss identity instead.
 
 ``last_stats``: ``correction_ratio`` = ‖h·scale·(C/W)·H·v‖/‖g‖ (the correction's size inside the
 sign), ``sign_flip_fraction`` (coordinates whose step sign the correction flipped),
-``implicit_penalty`` = h·scale·(C/W)·‖g‖₁, and Lion's constraint statistics.
+``implicit_penalty`` = h·scale·(C/W)·(‖g‖₁ + λ(θ·g − L)) (the decay's part from H·λθ = λ∇(θ·∇L − L)),
+and Lion's constraint statistics.
 """
 
 from __future__ import annotations
@@ -25,17 +26,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memexp.optim.base import global_dot, global_l1
 from memexp.optim.lion import check_lion_args, constraint_stats
-from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms, lag_moment
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
-from memexp.optim.sgd_memoryless import check_correction_config
+from memexp.optim.memory import MemoryFamily, hvp_directions, implicit_penalty, penalty_coefficient
+from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 
-def lion_lag_ratio(beta1: float, beta2: float, n: int) -> float:
-    """C_n/W_n with C_n = β1(1−β2)·Σ_{k=1..n} k·β2^{k−1}, W_n = 1 − β1·β2^n."""
-    if n == 0 or beta1 == 0.0:
-        return 0.0
-    return beta1 * (1.0 - beta2) * lag_moment(beta2, n) / (1.0 - beta1 * beta2**n)
+@dataclass
+class LionMemorylessConfig(OptimizerConfig):
+    name: str = "lion_memoryless"
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+    correction: bool = True
+    correction_scale: float = 1.0
+    hvp: str = "forward"
+    hvp_radius: float | None = None
+    foreach: bool | None = None
 
 
 class MemorylessLion(MemorylessOptimizer):
@@ -44,19 +53,17 @@ class MemorylessLion(MemorylessOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
+        lr: float = LionMemorylessConfig.lr,
+        betas: tuple[float, float] = (LionMemorylessConfig.beta1, LionMemorylessConfig.beta2),
+        weight_decay: float = LionMemorylessConfig.weight_decay,
         *,
-        correction: bool = True,
-        correction_scale: float = 1.0,
-        hvp: str = "forward",
-        hvp_radius: float | None = None,
+        correction: bool = LionMemorylessConfig.correction,
+        correction_scale: float = LionMemorylessConfig.correction_scale,
+        hvp: str = LionMemorylessConfig.hvp,
+        hvp_radius: float | None = LionMemorylessConfig.hvp_radius,
         foreach: bool | None = None,
     ) -> None:
         check_lion_args(lr, betas, weight_decay)
-        if betas[1] >= 1.0:
-            raise ValueError(f"betas[1]={betas[1]} is not allowed: a number in [0, 1)")
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
@@ -72,13 +79,7 @@ class MemorylessLion(MemorylessOptimizer):
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], foreach: bool
     ) -> tuple[Any, list[Tensor]]:
         wd = group["weight_decay"]
-        if foreach:
-            vectors = torch._foreach_sign(grads)
-            if wd != 0:
-                torch._foreach_add_(vectors, params, alpha=wd)
-        else:
-            vectors = [g.sign() if wd == 0 else g.sign().add_(p, alpha=wd) for g, p in zip(grads, params)]
-        return {}, vectors
+        return {}, hvp_directions(MemoryFamily.lion, grads, params, decoupled_decay=wd, foreach=foreach)
 
     def _apply(
         self,
@@ -91,9 +92,11 @@ class MemorylessLion(MemorylessOptimizer):
         foreach: bool,
         stats: SquaredNorms,
     ) -> None:
-        h, wd, scale = group["lr"], group["weight_decay"], group["correction_scale"]
-        beta1, beta2 = group["betas"]
-        factor = h * scale * lion_lag_ratio(beta1, beta2, n)
+        h, wd = group["lr"], group["weight_decay"]
+        # h·scale·C_n/W_n: the twin's factor is the memory's penalty coefficient (memexp.optim.memory).
+        factor = penalty_coefficient(MemoryFamily.lion, group, n) if products is not None else 0.0
+        # θ·g at the step's starting point, before the update below moves θ (the decay's penalty term).
+        theta_dot_gradient = global_dot(params, grads) if products is not None and wd != 0 else 0.0
         if foreach:
             arguments = torch._foreach_add(grads, products, alpha=factor) if products is not None else list(grads)
             directions = torch._foreach_sign(arguments)
@@ -114,7 +117,11 @@ class MemorylessLion(MemorylessOptimizer):
             stats.add_norm("correction", factor, products)
             stats.add_dot("cosine", factor, grads, products)
             stats.add_mean("flips", [d != g.sign() for d, g in zip(directions, grads)])
-            stats.add_sum("penalty", factor, grads, absolute=True)
+            loss = 0.0 if stats.loss is None else stats.loss
+            stats.add_term(
+                "penalty",
+                lambda: implicit_penalty(MemoryFamily.lion, factor, global_l1(grads), theta_dot_gradient, wd, loss),
+            )
         self._decay_groups.append((wd, params))
 
     def step(self, closure: Any = None) -> Tensor | None:
@@ -135,36 +142,15 @@ class MemorylessLion(MemorylessOptimizer):
         return recipes
 
 
-@dataclass
-class LionMemorylessConfig(OptimizerConfig):
-    name: str = "lion_memoryless"
-    lr: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.99
-    weight_decay: float = 0.0
-    correction: bool = True
-    correction_scale: float = 1.0
-    hvp: str = "forward"
-    hvp_radius: float | None = None
-    foreach: bool | None = None
-
-    def check(self) -> None:
-        super().check()
-        self.check_beta("beta1", self.beta1)
-        self.check_beta("beta2", self.beta2)
-        check_correction_config(self.correction_scale, self.hvp, self.hvp_radius)
-
-
-@OPTIMIZERS.register("lion_memoryless", config=LionMemorylessConfig)
-def build_lion_memoryless(param_groups: list[dict[str, Any]], cfg: LionMemorylessConfig) -> MemorylessLion:
-    return MemorylessLion(
-        param_groups,
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        weight_decay=cfg.weight_decay,
-        correction=cfg.correction,
-        correction_scale=cfg.correction_scale,
-        hvp=cfg.hvp,
-        hvp_radius=cfg.hvp_radius,
-        foreach=cfg.foreach,
+LION_MEMORYLESS_INFO = register_optimizer(
+    OptimizerInfo(
+        name="lion_memoryless",
+        optimizer_class=MemorylessLion,
+        config=LionMemorylessConfig,
+        memory=MemoryFamily.lion,
+        decoupled_decay=True,
+        needs_closure=True,
+        needs_hvp=True,
+        twin_of="lion",
     )
+)

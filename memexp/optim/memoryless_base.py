@@ -1,4 +1,4 @@
-"""The step skeleton shared by the memoryless-corrected optimizers (memoryless.md).
+"""The step skeleton shared by the memoryless-corrected optimizers (docs/memory_theory.md).
 
 A twin replaces an optimizer's memory by the current iterate and adds the correction h·M(θ), which
 needs one Hessian-vector product H·v per step on the step's own mini-batch. The skeleton:
@@ -9,47 +9,26 @@ needs one Hessian-vector product H·v per step on the step's own mini-batch. The
 Subclasses provide ``_prepare`` (ingredients and v for one group) and ``_apply`` (the update for
 one group, given H·v or ``None`` when the correction is off), each with a per-tensor reference path
 and a multi-tensor (foreach) path. Step counts n are per parameter (like torch.optim); the finite-n
-coefficients are evaluated per distinct n.
+coefficients (memexp.optim.memory, shared with the metrics) are evaluated per distinct n.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from memexp.optim.base import Closure, MemexpOptimizer, call_closure
-from memexp.optim.hvp import check_hvp_method, first_gradient, hessian_vector_product, prepare_closure
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument
+from memexp.optim.closure_hvp import check_hvp_method, first_gradient, hessian_vector_product, prepare_closure
 
 
 def check_correction_args(correction_scale: float, hvp: str, hvp_radius: float | None) -> None:
-    if not math.isfinite(correction_scale):
-        raise ValueError(f"correction_scale={correction_scale} is not allowed: a finite number")
+    check_argument(math.isfinite(correction_scale), "correction_scale", correction_scale, "a finite number")
     check_hvp_method(hvp)
-    if hvp_radius is not None and not hvp_radius > 0:
-        raise ValueError(f"hvp_radius={hvp_radius} is not allowed: null or a number > 0")
-
-
-# Below this many steps the lag moments are summed term by term: the closed form subtracts
-# quantities of size O(n(1−β)) and loses digits when n(1−β) is small.
-DIRECT_SUM_STEPS = 256
-
-
-@lru_cache(maxsize=4096)
-def lag_moment(beta: float, n: int) -> float:
-    """Σ_{k=1..n} k·β^(k−1) = (1 − (n+1)β^n + nβ^(n+1))/(1 − β)²."""
-    if n < DIRECT_SUM_STEPS or beta == 1.0:
-        total, power = 0.0, 1.0
-        for k in range(1, n + 1):
-            total += k * power
-            power *= beta
-        return total
-    beta_n = beta**n
-    return (1.0 - (n + 1) * beta_n + n * beta_n * beta) / (1.0 - beta) ** 2
+    check_argument(hvp_radius is None or hvp_radius > 0, "hvp_radius", hvp_radius, "null or a number > 0")
 
 
 def buckets_by_step(steps: Sequence[int]) -> dict[int, list[int]]:
@@ -68,6 +47,8 @@ class SquaredNorms:
         self.dot_pieces: dict[str, list[tuple[float, list[Tensor], list[Tensor]]]] = {}
         self.sum_pieces: dict[str, list[tuple[float, list[Tensor], bool]]] = {}
         self.count_pieces: dict[str, list[list[Tensor]]] = {}
+        self.term_pieces: dict[str, list[Callable[[], Tensor]]] = {}
+        self.loss: Tensor | None = None  # the closure's loss at the step's starting point
 
     def add_norm(self, name: str, factor: float, tensors: list[Tensor]) -> None:
         self.norm_pieces.setdefault(name, []).append((factor, tensors))
@@ -78,6 +59,10 @@ class SquaredNorms:
     def add_sum(self, name: str, factor: float, tensors: list[Tensor], absolute: bool = False) -> None:
         self.sum_pieces.setdefault(name, []).append((factor, tensors, absolute))
 
+    def add_term(self, name: str, term: Callable[[], Tensor]) -> None:
+        """A lazily computed summand of ``total(name)``."""
+        self.term_pieces.setdefault(name, []).append(term)
+
     def add_mean(self, name: str, tensors: list[Tensor]) -> None:
         self.count_pieces.setdefault(name, []).append(tensors)
 
@@ -86,6 +71,7 @@ class SquaredNorms:
             factor * torch.stack([(t.abs() if absolute else t).sum() for t in tensors]).sum()
             for factor, tensors, absolute in self.sum_pieces.get(name, [])
         ]
+        total += [torch.as_tensor(term()) for term in self.term_pieces.get(name, [])]
         return torch.stack(total).sum() if total else torch.zeros(())
 
     def mean(self, name: str) -> Tensor:
@@ -116,7 +102,7 @@ class MemorylessOptimizer(MemexpOptimizer):
 
     Group hyperparameters shared by all three: ``correction`` (False: the plain memoryless version,
     memory replaced by the current iterate, no correction), ``correction_scale`` (multiplies h·M).
-    Optimizer-wide (one H·v serves all groups): ``hvp`` and ``hvp_radius`` (see memexp.optim.hvp).
+    Optimizer-wide (one H·v serves all groups): ``hvp`` and ``hvp_radius`` (see memexp.optim.closure_hvp).
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any], hvp: str, hvp_radius: float | None) -> None:
@@ -156,7 +142,7 @@ class MemorylessOptimizer(MemexpOptimizer):
             "correction_cosine": lambda: (
                 stats.dot("cosine") / (plain() * correction()).clamp_min(torch.finfo(torch.float32).tiny)
             ),
-            "implicit_penalty": lambda: stats.dot("penalty"),
+            "implicit_penalty": lambda: stats.total("penalty"),
         }
 
     # -- the step ---------------------------------------------------------------------------------
@@ -190,6 +176,7 @@ class MemorylessOptimizer(MemexpOptimizer):
             vectors_flat = [v for *_, vectors, _ in prepared for v in vectors]
             products = hessian_vector_product(self.hvp, params_flat, vectors_flat, closure, rng, self.hvp_radius)
         stats = SquaredNorms()
+        stats.loss = None if loss is None else loss.detach()
         offset = 0
         for group, params, grads, context, _, foreach in prepared:
             group_products = None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from memexp.errors import require
-from memexp.optim.registry import OPTIMIZERS, OptimizerConfig
+from memexp.optim.base import check_argument
+from memexp.optim.memory import MemoryFamily
+from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 
 @dataclass
@@ -20,26 +20,27 @@ class SGDConfig(OptimizerConfig):
     nesterov: bool = False
     foreach: bool | None = None  # None: torch picks the fastest path
 
-    def check(self) -> None:
-        super().check()
-        self.check_beta("momentum", self.momentum)
-        require(0.0 <= self.dampening <= 1.0, "dampening", self.dampening, "a number in [0, 1]")
-        require(
-            not self.nesterov or (self.momentum > 0 and self.dampening == 0),
-            "nesterov",
-            self.nesterov,
-            "true only with momentum > 0 and dampening = 0",
-        )
+
+def check_sgd_arguments(
+    lr: float, momentum: float, dampening: float, nesterov: bool, weight_decay: float, **_: object
+) -> None:
+    """memexp's ranges for torch.optim.SGD (torch itself accepts momentum >= 1 and any dampening)."""
+    check_argument(lr >= 0, "lr", lr, "a number >= 0")
+    check_argument(0.0 <= momentum < 1.0, "momentum", momentum, "a number in [0, 1)")
+    check_argument(0.0 <= dampening <= 1.0, "dampening", dampening, "a number in [0, 1]")
+    nesterov_allowed = not nesterov or (momentum > 0 and dampening == 0)
+    check_argument(nesterov_allowed, "nesterov", nesterov, "true only with momentum > 0 and dampening = 0")
+    check_argument(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
 
 
-@OPTIMIZERS.register("sgd", config=SGDConfig)
-def build_sgd(param_groups: list[dict[str, Any]], cfg: SGDConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
-        param_groups,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        dampening=cfg.dampening,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-        foreach=cfg.foreach,
+SGD_INFO = register_optimizer(
+    OptimizerInfo(
+        name="sgd",
+        optimizer_class=torch.optim.SGD,
+        config=SGDConfig,
+        memory=MemoryFamily.heavy_ball,
+        decoupled_decay=False,
+        state_buffers=("momentum_buffer",),
+        validate=check_sgd_arguments,
     )
+)

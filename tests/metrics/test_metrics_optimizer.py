@@ -10,20 +10,19 @@ import torch
 
 from memexp.config import MetricsConfig, MetricsTier
 from memexp.metrics import compute_metrics
-from memexp.metrics.optimizer_family import (
-    adam_memory_length,
-    heavy_ball_coefficients,
-    lion_coefficients,
-    optimizer_family,
-)
+from memexp.metrics.optimizer_family import memory_family
+from memexp.optim import OPTIMIZERS
+from memexp.optim.memory import MemoryFamily, adam_lag, heavy_ball_coefficients, lion_coefficients
 from tests.metrics.metrics_helpers import Quadratic, mean_output, quadratic_batch
 
 
 class Lion(torch.optim.Optimizer):
-    """Lion as in the spec (recognised by its class name and ``betas``, like memexp's own)."""
+    """Lion as in the paper, written outside memexp: it carries memexp's description of Lion (the
+    attribute the registry's builder sets), which is all the metrics read."""
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99), weight_decay: float = 0.0) -> None:  # noqa: ANN001
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+        self.optimizer_info = OPTIMIZERS.get("lion").info
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201
@@ -58,7 +57,7 @@ def test_memory_coefficients_match_the_literal_sums(beta: float, n: int) -> None
     assert s_n == pytest.approx(s_ref, rel=1e-12) and c_n == pytest.approx(c_ref, rel=1e-9, abs=1e-12)
     b = Fraction(beta)
     a_ref = sum(k * (1 - b) * b**k for k in range(n + 1)) / (1 - b ** (n + 1))
-    assert adam_memory_length(beta, n) == pytest.approx(float(a_ref), rel=1e-9, abs=1e-12)
+    assert adam_lag(beta, n) == pytest.approx(float(a_ref), rel=1e-9, abs=1e-12)
     beta1 = Fraction(0.9)
     w = [1 - beta1] + [beta1 * (1 - b) * b ** (k - 1) for k in range(1, n + 1)]
     w_n, c_lion = lion_coefficients(0.9, beta, n)
@@ -69,7 +68,7 @@ def test_memory_coefficients_match_the_literal_sums(beta: float, n: int) -> None
 def test_memory_coefficients_tend_to_the_spec_limits() -> None:
     s_n, c_n = heavy_ball_coefficients(0.9, 5000)
     assert c_n / (2 * s_n) == pytest.approx(0.9 / (2 * 0.1**2), rel=1e-9)
-    assert adam_memory_length(0.999, 200000) == pytest.approx(999.0, rel=1e-9)
+    assert adam_lag(0.999, 200000) == pytest.approx(999.0, rel=1e-9)
     w_n, c_lion = lion_coefficients(0.9, 0.99, 20000)
     assert c_lion / w_n == pytest.approx(0.9 / 0.01, rel=1e-9)
 
@@ -122,14 +121,18 @@ def test_adam_correction_sign_is_regularizing_iff_beta1_exceeds_beta2(betas, exp
     out = compute_metrics(model, mean_output, batch, optimizer, economy(), step=4)
     g = matrix @ model.x.detach() + model.shift
     n = 4  # AdamW's own step count
-    coef = 0.01 * (adam_memory_length(betas[0], n) - adam_memory_length(betas[1], n))
-    assert out["geom/correction"] == pytest.approx(coef * float(g.abs().sum()), rel=1e-12, abs=1e-15)
+    coef = 0.01 * (adam_lag(betas[0], n) - adam_lag(betas[1], n))
+    # AdamW's default decoupled decay 0.01 adds 0.01 (x.g - L) to the norm (docs/memory_theory.md).
+    with torch.no_grad():
+        x, loss = model.x.detach(), float(mean_output(model(batch[0]), batch[1]))
+    expected = coef * (float(g.abs().sum()) + 0.01 * (float(x @ g) - loss))
+    assert out["geom/correction"] == pytest.approx(expected, rel=1e-12, abs=1e-15)
     assert out["geom/correction_sign"] == expected_sign
 
 
 def test_lion_correction_regularizes_and_plain_sgd_has_none() -> None:
     model, optimizer, batch, matrix = quadratic_problem(lambda p: Lion(p, lr=0.01, betas=(0.9, 0.99)), steps=3)
-    assert optimizer_family(optimizer) == "lion"
+    assert memory_family(optimizer) is MemoryFamily.lion
     out = compute_metrics(model, mean_output, batch, optimizer, economy(), step=3)
     g = matrix @ model.x.detach() + model.shift
     w_n, c_n = lion_coefficients(0.9, 0.99, 3)
@@ -232,7 +235,7 @@ def test_correction_sign_is_the_memorys_direction_even_at_lr_zero() -> None:
     ):
         param = _torch.nn.Parameter(_torch.tensor([1.0, -2.0]))
         optimizer = make([param])
-        family = "heavy_ball" if isinstance(optimizer, _torch.optim.SGD) else "adam"
+        family = memory_family(optimizer)  # torch's own classes: described by their registry entries
         gradient = _torch.tensor([0.5, 0.25])
         correction = Correction.build(optimizer, family, [optimizer.param_groups[0]], [param], gradient, 10)
         summary = correction.summary()
@@ -243,9 +246,24 @@ def test_correction_sign_is_the_memorys_direction_even_at_lr_zero() -> None:
 def test_adaptive_memory_is_recognised_before_its_first_step() -> None:
     import torch as _torch
 
-    from memexp.metrics.optimizer_family import optimizer_family
     from memexp.optim import AdaptiveMemoryAdamW, AdaptiveMemorySGD
 
     for cls in (AdaptiveMemorySGD, AdaptiveMemoryAdamW):
         optimizer = cls([_torch.nn.Parameter(_torch.zeros(3))], lr=0.1)
-        assert optimizer_family(optimizer) == "adaptive_memory", cls.__name__
+        assert memory_family(optimizer) is MemoryFamily.adaptive_memory, cls.__name__
+
+
+def test_family_is_never_guessed_from_a_class_name() -> None:
+    """A class called Lion that memexp has no description of gets no correction (before, its name made
+    it "lion"); memexp's own Lion, built by the registry, carries its description."""
+
+    class LionLookalike(torch.optim.SGD):
+        pass
+
+    LionLookalike.__name__ = "Lion"
+    model, optimizer, batch, _ = quadratic_problem(lambda p: LionLookalike(p, lr=0.01, momentum=0.9), steps=2)
+    assert memory_family(optimizer) is None
+    out = compute_metrics(model, mean_output, batch, optimizer, economy(), step=2)
+    assert "geom/correction" not in out and "geom/lion_linf_lambda" not in out
+    built = OPTIMIZERS.build("lion", [{"params": list(model.parameters())}], OPTIMIZERS.get("lion").config())
+    assert memory_family(built) is MemoryFamily.lion

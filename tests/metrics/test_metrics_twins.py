@@ -1,7 +1,5 @@
-"""The metrics' correction term against the memoryless twins' own (memexp.optim, issue 3): two
-independent implementations of memoryless.md must give the same number at the same iterate.
-
-Skipped until the optimizer branch with the twins is merged (the skip reason says so)."""
+"""The metrics' correction term against the memoryless twins' own: both use memexp.optim.memory, so at
+the same iterate they must give the same number, decoupled weight decay's term included."""
 
 from __future__ import annotations
 
@@ -12,25 +10,23 @@ from torch import nn
 
 from memexp.config import MetricsConfig
 from memexp.metrics import compute_metrics
+from memexp.optim import MemorylessAdamW, MemorylessLion, MemorylessSGD
 
-twins = pytest.importorskip("memexp.optim.sgd_memoryless", reason="the memoryless twins are not merged yet")
-
-
-def twin_classes() -> list[tuple[type, dict]]:
-    from memexp.optim.adamw_memoryless import MemorylessAdamW
-    from memexp.optim.lion_memoryless import MemorylessLion
-    from memexp.optim.sgd_memoryless import MemorylessSGD
-
-    return [
-        (MemorylessSGD, dict(lr=0.01, momentum=0.9)),
-        (MemorylessAdamW, dict(lr=1e-3, betas=(0.9, 0.999))),
-        (MemorylessLion, dict(lr=1e-4, betas=(0.9, 0.99))),
-    ]
+TWINS = {
+    "sgd": (MemorylessSGD, dict(lr=0.01, momentum=0.9)),
+    "sgd_coupled_decay": (MemorylessSGD, dict(lr=0.01, momentum=0.9, weight_decay=0.3)),
+    "adamw": (MemorylessAdamW, dict(lr=1e-3, betas=(0.9, 0.999))),
+    "adamw_no_decay": (MemorylessAdamW, dict(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)),
+    # beta2 = 0.9999 at n = 3: where the closed-form sums lost 5 digits (docs/memory_theory.md).
+    "adamw_long_memory": (MemorylessAdamW, dict(lr=1e-2, betas=(0.9, 0.9999), weight_decay=0.5)),
+    "lion": (MemorylessLion, dict(lr=1e-4, betas=(0.9, 0.99))),
+    "lion_decay": (MemorylessLion, dict(lr=1e-3, betas=(0.9, 0.9999), weight_decay=0.5)),
+}
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_correction_equals_the_twins_implicit_penalty(index: int) -> None:
-    cls, kwargs = twin_classes()[index]
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_correction_equals_the_twins_implicit_penalty(name: str) -> None:
+    cls, kwargs = TWINS[name]
     torch.manual_seed(0)
     x, y = torch.randn(64, 5, dtype=torch.float64), torch.randint(0, 3, (64,))
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
@@ -50,5 +46,5 @@ def test_correction_equals_the_twins_implicit_penalty(index: int) -> None:
     )
     optimizer.step(closure)
     stats = optimizer.last_stats
-    assert metrics["geom/correction"] == pytest.approx(float(stats["implicit_penalty"]), rel=1e-9)
+    assert metrics["geom/correction"] == pytest.approx(float(stats["implicit_penalty"]), rel=1e-12)
     assert metrics["geom/correction_ratio"] == pytest.approx(float(stats["correction_ratio"]), rel=1e-5)

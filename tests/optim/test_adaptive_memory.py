@@ -262,7 +262,7 @@ def test_am_adamw_with_constant_beta_is_adamw(foreach: bool) -> None:
 
 def test_carried_offset_needs_global_scope() -> None:
     x = torch.nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match="offset='carried' is not allowed with scope='per_tensor'"):
+    with pytest.raises(ValueError, match="offset='carried' is not allowed: taylor when scope=per_tensor"):
         AdaptiveMemoryAdamW([x], offset="carried", scope="per_tensor")
 
 
@@ -335,3 +335,47 @@ def test_beta_is_logged_at_every_log_step(tmp_path: Path, optimizer: str, pinned
             assert low == high == pytest.approx(pinned, rel=1e-7)
     if pinned is None and optimizer == "am_adamw":
         assert min(e["optim/beta_min"] for e in events) < 0.85  # per-tensor β_t does move below its cap
+
+
+def test_per_tensor_and_multi_tensor_kernels_agree() -> None:
+    """The AM step kernels, called directly on the same tensors: per-tensor and torch._foreach_* give
+    the same memories and parameters (float64, to rounding), β's different per tensor."""
+    from memexp.optim.am_adamw import _adamw_update_foreach, _adamw_update_single
+    from memexp.optim.am_sgd import (
+        _sgd_beta_terms_foreach,
+        _sgd_beta_terms_single,
+        _sgd_update_foreach,
+        _sgd_update_single,
+    )
+
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (5,), (2, 2, 2)]
+
+    def tensors(positive: bool = False) -> list[torch.Tensor]:
+        made = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+        return [t.abs() + 0.5 for t in made] if positive else made
+
+    params, grads, directions, precond = tensors(), tensors(), tensors(), tensors(positive=True)
+    betas = [torch.tensor(b, dtype=torch.float64) for b in (0.1, 0.5, 0.85)]
+    single_terms = _sgd_beta_terms_single(grads, directions, 0.1, True)
+    multi_terms = _sgd_beta_terms_foreach(grads, directions, 0.1, True)
+    for single, multi in zip(single_terms, multi_terms):
+        torch.testing.assert_close(torch.stack(single), torch.stack(multi), rtol=1e-14, atol=1e-15)
+    kernel_pairs = {
+        "am_sgd": [
+            lambda p, d, k=k: k(p, grads, d, betas, 0.1, 0.05) for k in (_sgd_update_single, _sgd_update_foreach)
+        ],
+        "am_adamw": [
+            lambda p, d, k=k: k(p, grads, d, precond, betas, 0.1, 0.05, 0.01)
+            for k in (_adamw_update_single, _adamw_update_foreach)
+        ],
+    }
+    for name, kernels in kernel_pairs.items():
+        results = []
+        for kernel in kernels:
+            moved, memories = [t.clone() for t in params], [t.clone() for t in directions]
+            kernel(moved, memories)
+            results.append(moved + memories)
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15, msg=name)
+        assert not torch.equal(results[0][0], params[0])  # the kernels did move the parameters

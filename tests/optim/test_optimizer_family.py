@@ -180,3 +180,60 @@ def test_memexp_train_runs_each_optimizer(name: str, tmp_path: Path, monkeypatch
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 5
+
+
+def test_every_optimizer_describes_itself() -> None:
+    """The registry's descriptions, including torch's own classes, and the attribute the builder sets."""
+    from memexp.optim import describe, twin_for
+    from memexp.optim.memory import MemoryFamily
+
+    expected = {
+        "sgd": (torch.optim.SGD, MemoryFamily.heavy_ball, False),
+        "adamw": (torch.optim.AdamW, MemoryFamily.adam, True),
+        "lion": (Lion, MemoryFamily.lion, True),
+        "lion_k": (LionK, MemoryFamily.lion, True),
+        "sgd_memoryless": (MemorylessSGD, MemoryFamily.heavy_ball, False),
+        "adamw_memoryless": (MemorylessAdamW, MemoryFamily.adam, True),
+        "lion_memoryless": (MemorylessLion, MemoryFamily.lion, True),
+        "am_sgd": (AdaptiveMemorySGD, MemoryFamily.adaptive_memory, False),
+        "am_adamw": (AdaptiveMemoryAdamW, MemoryFamily.adaptive_memory, True),
+    }
+    assert sorted(expected) == OPTIMIZERS.names()
+    for name, (cls, family, decoupled) in expected.items():
+        info = OPTIMIZERS.get(name).info
+        assert (info.optimizer_class, info.memory, info.decoupled_decay) == (cls, family, decoupled), name
+        built = OPTIMIZERS.build(name, two_groups(small_mlp()), info.config())
+        assert built.optimizer_info is info and describe(built) is info
+        by_hand = cls(small_mlp().parameters())  # no attribute: found by its exact class
+        assert describe(by_hand) is info
+        assert info.needs_hvp == (info.twin_of is not None)
+    assert {name: twin_for(name).name for name in ("sgd", "adamw", "lion")} == {
+        "sgd": "sgd_memoryless",
+        "adamw": "adamw_memoryless",
+        "lion": "lion_memoryless",
+    }
+    assert twin_for("am_sgd") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "override", "key"),
+    [
+        ("lion", {"beta1": 1.0}, "optimizer.beta1"),
+        ("am_adamw", {"beta_max": -0.1}, "optimizer.beta_max"),
+        ("adamw_memoryless", {"beta2": 1.0}, "optimizer.beta2"),
+        ("sgd", {"dampening": 2.0}, "optimizer.dampening"),
+        ("adamw", {"fused": True, "foreach": True}, "optimizer.fused"),
+        ("sgd_memoryless", {"correction_scale": float("inf")}, "optimizer.correction_scale"),
+    ],
+)
+def test_constructor_ranges_become_config_errors_naming_the_config_key(name: str, override: dict, key: str) -> None:
+    """One range check (the constructor's); the config names the config field, betas[0] -> beta1."""
+    from memexp.errors import ConfigValueError
+
+    cfg = OPTIMIZERS.get(name).config(**override)
+    with pytest.raises(ConfigValueError) as raised:
+        try:
+            cfg.check()
+        except ConfigValueError as error:
+            raise error.with_prefix("optimizer") from None
+    assert raised.value.key == key and "\n" not in str(raised.value)

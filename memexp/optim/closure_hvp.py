@@ -1,4 +1,5 @@
-"""Hessian-vector products for the memoryless-corrected optimizers, from inside ``step(closure)``.
+"""In-place Hessian-vector products through the training closure, from inside ``step(closure)``: what
+the memoryless-corrected optimizers use (the probe-set metrics have their own, functional ones).
 
 Three methods (constructor argument ``hvp=``):
 
@@ -30,7 +31,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from memexp.optim.base import Closure, call_closure, closure_accepts_create_graph, global_dot, global_norm
+from memexp.optim.base import (
+    Closure,
+    call_closure,
+    check_argument,
+    closure_accepts_create_graph,
+    global_dot,
+    global_norm,
+)
 
 HVP_METHODS = ("forward", "central", "double_backward")
 
@@ -50,8 +58,7 @@ class RNGSnapshot:
 
 
 def check_hvp_method(method: str) -> None:
-    if method not in HVP_METHODS:
-        raise ValueError(f"hvp={method!r} is not allowed: one of {HVP_METHODS}")
+    check_argument(method in HVP_METHODS, "hvp", method, f"one of {list(HVP_METHODS)}")
 
 
 def prepare_closure(method: str, closure: Closure | None, params: Sequence[Tensor]) -> RNGSnapshot | None:
