@@ -30,9 +30,10 @@ from memexp.errors import ConfigValueError
 from memexp.logging import MetricLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
 from memexp.metrics import GeometryProbe
-from memexp.metrics.optimizer_family import has_adaptive_beta
+from memexp.metrics.optimizer_family import memory_family
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.optim.memory import MemoryFamily
 from memexp.rundir import CHECKPOINT_DIR, Status
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
@@ -264,7 +265,7 @@ def train(
         return loss
 
     status, last_eval, last_geometry, last_twin = Status.RUNNING, {}, {}, {}
-    adaptive_memory = has_adaptive_beta(run.optimizer)
+    adaptive_memory = memory_family(run.optimizer) is MemoryFamily.adaptive_memory  # β_t to log
     geometry = run.geometry if is_main else None  # metrics need no other rank: rank 0 logs them
     with GracefulStop() as stop:
         try:

@@ -39,42 +39,34 @@ from memexp.config import TrainerConfig
 from memexp.errors import ConfigValueError, MemexpError
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.optim.base import Closure
-from memexp.optim.hvp import RNGSnapshot
+from memexp.optim.closure_hvp import RNGSnapshot
+from memexp.optim.registry import twin_for
 
-
-@dataclass(frozen=True)
-class TwinOf:
-    """The memoryless twin of a configured optimizer. Hyperparameters with the same name are copied
-    (the twins use their original's conventions: torch SGD's undampened buffer with lr h and
-    momentum β, AdamW's and Lion's betas; memoryless.md). ``assumes``: settings of the original the
-    twin's derivation takes for granted; any other value is refused at start-up."""
-
-    twin: str
-    assumes: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-# Keyed by the configured optimizer's registered name, never guessed from a class.
-TWIN_OF: dict[str, TwinOf] = {
-    "sgd": TwinOf("sgd_memoryless", {"dampening": 0.0, "nesterov": False}),
-    "adamw": TwinOf("adamw_memoryless", {"amsgrad": False}),
-    "lion": TwinOf("lion_memoryless"),
+# Settings of an original optimizer that its twin's derivation takes for granted (docs/memory_theory.md);
+# any other value is refused at start-up. Which optimizer is whose twin is the registry's
+# (OptimizerInfo.twin_of), never guessed from a class.
+TWIN_ASSUMES: dict[str, dict[str, Any]] = {
+    "sgd": {"dampening": 0.0, "nesterov": False},
+    "adamw": {"amsgrad": False},
 }
 
 
 def twin_config(optimizer_cfg: Any, correction: bool) -> Any:
-    """The twin's config: the original's shared hyperparameters, the exact correction (scale 1)."""
+    """The twin's config: the original's hyperparameters with the same names (the twins use their
+    original's conventions: torch SGD's undampened buffer with lr h and momentum β, AdamW's and Lion's
+    betas), and the exact correction (scale 1)."""
     name = optimizer_cfg.name
-    if name not in TWIN_OF:
-        raise ConfigValueError("trainer.twin", True, f"true only with optimizer in {sorted(TWIN_OF)} (got {name})")
-    spec = TWIN_OF[name]
-    for key, expected in spec.assumes.items():
+    twin = twin_for(name)
+    if twin is None:
+        originals = sorted(e.info.twin_of for e in OPTIMIZERS.entries() if e.info is not None and e.info.twin_of)
+        raise ConfigValueError("trainer.twin", True, f"true only with optimizer in {originals} (got {name})")
+    for key, expected in TWIN_ASSUMES.get(name, {}).items():
         value = getattr(optimizer_cfg, key)
         if value != expected:
             raise ConfigValueError(
                 "trainer.twin", True, f"true only with optimizer.{key}={expected} (the twin of {name} assumes it)"
             )
-    twin_class = OPTIMIZERS.get(spec.twin).config
-    assert twin_class is not None
+    twin_class = twin.config
     shared = {f.name for f in dataclasses.fields(twin_class)} & {f.name for f in dataclasses.fields(optimizer_cfg)}
     values = {key: copy.deepcopy(getattr(optimizer_cfg, key)) for key in shared - {"name"}}
     return twin_class(**values, correction=correction, correction_scale=1.0)

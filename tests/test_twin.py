@@ -16,7 +16,8 @@ from memexp.config import TrainerConfig
 from memexp.errors import ConfigValueError
 from memexp.logging import read_metrics
 from memexp.optim import OPTIMIZERS, MemorylessAdamW, MemorylessLion, MemorylessSGD, param_groups_weight_decay
-from memexp.twin import TWIN_OF, Twin, twin_config
+from memexp.optim.registry import twin_for
+from memexp.twin import Twin, twin_config
 from tests.conftest import run_memexp
 from tests.optim.problems import small_mlp
 
@@ -157,7 +158,7 @@ def test_the_twin_is_the_memoryless_optimizer_with_the_same_hyperparameters(
         lockstep.step(x, y)
         by_hand.step(closure)
     assert isinstance(lockstep.twin.copies[0].optimizer, twin_class)
-    assert OPTIMIZERS.get(TWIN_OF[name].twin).config is type(twin_config(lockstep.cfg, correction=True))
+    assert twin_for(name).config is type(twin_config(lockstep.cfg, correction=True))
     for ours, theirs in zip(lockstep.twin.copies[0].model.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
