@@ -113,7 +113,11 @@ def open_wandb(
             rundir.write_text_atomic(decided, f"offline: {reason}\n")
         import wandb
 
+        failed_id = run_id_for(run_dir)
         wandb.teardown()  # the failed online attempt still holds the run id in W&B's service process
-        for attempt in (run_dir / "wandb").glob(f"run-*-{run_id_for(run_dir)}"):
+        for attempt in (run_dir / "wandb").glob(f"run-*-{failed_id}"):
             shutil.rmtree(attempt, ignore_errors=True)  # so that `wandb sync` finds only the offline run
+        # A fresh id as well: under load the service may not have let go of the failed attempt's id yet
+        # ("run ID ... is in use"), and that run never reached the server, so nothing refers to it.
+        (run_dir / rundir.WANDB_ID_FILE).unlink(missing_ok=True)
         return WandbLogger(cfg, run_dir, config, default_name, default_group, mode="offline")
