@@ -13,7 +13,11 @@ from tests.conftest import REPO_ROOT
 
 def test_every_subpackage_is_listed() -> None:
     listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(path.parent.relative_to(REPO_ROOT).parts) for path in (REPO_ROOT / "memexp").rglob("__init__.py")}
+    found = {
+        ".".join(path.parent.relative_to(REPO_ROOT).parts)
+        for top in ("memexp", "hydra_plugins")  # hydra_plugins: the batched launcher's Hydra plugin shim
+        for path in (REPO_ROOT / top).rglob("__init__.py")
+    }
     assert found | {"memexp.conf"} == listed
 
 
