@@ -89,7 +89,7 @@ def test_each_member_follows_its_single_run(
     # Initial weights: exactly what memexp.train.build_run gives each seed.
     for index, cfg in enumerate(configs):
         for name, param in build_run(check_config(cfg)).model.named_parameters():
-            assert torch.equal(population.params[name][index], param), (index, name)
+            assert torch.equal(population.member_params(index)[name], param), (index, name)
     summaries = population.train()
     worst_loss, worst_final = 0.0, 0.0
     for index, cfg in enumerate(configs):
@@ -123,13 +123,13 @@ def test_a_diverging_member_stops_and_the_others_go_on(compose: Compose, tmp_pat
 
 
 def test_optimizer_freezes_the_listed_members() -> None:
-    params = {"w": torch.ones(3, 2)}
+    param = torch.ones(3, 2)
     hyper = {k: torch.full((3,), v, dtype=torch.float64) for k, v in (("lr", 0.5), ("beta1", 0.9), ("beta2", 0.99))}
-    hyper["weight_decay"] = torch.zeros(3, dtype=torch.float64)
-    optimizer = BatchedOptimizer("lion", params, {"w": True}, hyper)
-    optimizer.step([torch.tensor([[1.0, -1.0]] * 3)], hyper["lr"], frozen=torch.tensor([1]))
-    # Lion's first step: c = (1 - β1)·g, x ← x − η·sign(c).
-    assert params["w"].tolist() == [[0.5, 1.5], [1.0, 1.0], [0.5, 1.5]]
+    hyper["weight_decay"] = torch.tensor([0.0, 0.0, 0.2], dtype=torch.float64)
+    optimizer = BatchedOptimizer("lion", param, 1, hyper)  # column 0 decayed, column 1 not
+    optimizer.step(torch.tensor([[1.0, -1.0]] * 3), hyper["lr"], frozen=torch.tensor([1]))
+    # Lion's first step: c = (1 - β1)·g, x ← x·(1 − η·λ) − η·sign(c); member 2 decays column 0 only.
+    assert param.flatten().tolist() == pytest.approx([0.5, 1.5, 1.0, 1.0, 0.9 - 0.5, 1.5], rel=1e-7)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,13 +13,15 @@ follows its single run to rounding. The math of each step is its single-run opti
 - ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
   ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``.
 
-Weight decay applies only to the parameters the single run puts in its decayed group
-(memexp.optim.param_groups); the others get λ = 0, as there.
+All of a member's parameters live in one row of a flat ``[M, P]`` tensor (the population keeps its
+parameters there, memexp/batched/population.py), so a step is a handful of elementwise passes over
+the whole population instead of a few per parameter tensor. The parameters the single run puts in
+its weight-decayed group (memexp.optim.param_groups) come first, columns ``[0, D)``; the others get
+no decay, as there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,30 +47,23 @@ def per_member(values: Tensor, like: Tensor) -> Tensor:
 
 
 def sgd_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    buffers: list[Tensor],
-    decayed: list[bool],
-    hyper: dict[str, Tensor],
-    lr: Tensor,
-    first_step: bool,
+    param: Tensor, grad: Tensor, buffer: Tensor, decayed: int, hyper: dict[str, Tensor], lr: Tensor, first_step: bool
 ) -> None:
-    for param, grad, buffer, decays in zip(params, grads, buffers, decayed):
-        if decays:
-            grad = grad + per_member(hyper["weight_decay"], param) * param
-        if first_step:
-            buffer.copy_(grad)  # torch starts the buffer at the gradient, undamped
-        else:
-            buffer.mul_(per_member(hyper["momentum"], param)).add_(per_member(1 - hyper["dampening"], param) * grad)
-        param.add_(per_member(-lr, param) * buffer)
+    if decayed:
+        grad[:, :decayed].addcmul_(per_member(hyper["weight_decay"], param), param[:, :decayed])
+    if first_step:
+        buffer.copy_(grad)  # torch starts the buffer at the gradient, undamped
+    else:
+        buffer.mul_(per_member(hyper["momentum"], param)).addcmul_(per_member(1 - hyper["dampening"], param), grad)
+    param.addcmul_(per_member(-lr, param), buffer)
 
 
 def adamw_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    decayed: list[bool],
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    decayed: int,
     hyper: dict[str, Tensor],
     lr: Tensor,
     step: int,
@@ -76,82 +71,67 @@ def adamw_step(
     beta1, beta2 = hyper["beta1"], hyper["beta2"]
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    for param, grad, exp_avg, exp_avg_sq, decays in zip(params, grads, exp_avgs, exp_avg_sqs, decayed):
-        if decays:
-            param.mul_(per_member(1 - lr * hyper["weight_decay"], param))
-        exp_avg.lerp_(grad, per_member(1 - beta1, param))
-        exp_avg_sq.mul_(per_member(beta2, param)).addcmul_(per_member(1 - beta2, param) * grad, grad)
-        denom = (exp_avg_sq.sqrt() / per_member(bias_correction2_sqrt, param)).add_(per_member(hyper["eps"], param))
-        param.add_(per_member(-step_size, param) * (exp_avg / denom))
+    if decayed:
+        param[:, :decayed].mul_(per_member(1 - lr * hyper["weight_decay"], param))
+    exp_avg.lerp_(grad, per_member(1 - beta1, param))
+    exp_avg_sq.mul_(per_member(beta2, param)).addcmul_(grad * per_member(1 - beta2, param), grad)
+    denom = exp_avg_sq.sqrt().div_(per_member(bias_correction2_sqrt, param)).add_(per_member(hyper["eps"], param))
+    param.addcmul_(per_member(-step_size, param), exp_avg.div(denom))
 
 
 def lion_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momenta: list[Tensor],
-    decayed: list[bool],
-    hyper: dict[str, Tensor],
-    lr: Tensor,
+    param: Tensor, grad: Tensor, momentum: Tensor, decayed: int, hyper: dict[str, Tensor], lr: Tensor
 ) -> None:
-    for param, grad, momentum, decays in zip(params, grads, momenta, decayed):
-        direction = torch.lerp(momentum, grad, per_member(1 - hyper["beta1"], param)).sign_()
-        if decays:
-            param.mul_(per_member(1 - lr * hyper["weight_decay"], param))
-        param.add_(per_member(-lr, param) * direction)
-        momentum.lerp_(grad, per_member(1 - hyper["beta2"], param))
+    direction = torch.lerp(momentum, grad, per_member(1 - hyper["beta1"], param)).sign_()
+    if decayed:
+        param[:, :decayed].mul_(per_member(1 - lr * hyper["weight_decay"], param))
+    param.addcmul_(per_member(-lr, param), direction)
+    momentum.lerp_(grad, per_member(1 - hyper["beta2"], param))
 
 
-def clip_grad_norms_(grads: list[Tensor], max_norm: float) -> Tensor:
-    """torch.nn.utils.clip_grad_norm_ per member: each member's gradient is scaled by
-    ``min(1, max_norm / (‖g_member‖ + 1e-6))``. Returns the norms before clipping, [M]."""
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1)
-    total = torch.linalg.vector_norm(norms, dim=1)
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for grad in grads:
-        grad.mul_(per_member(scale.double(), grad))
+def clip_grad_norms_(grad: Tensor, max_norm: float) -> Tensor:
+    """torch.nn.utils.clip_grad_norm_ per member on a flat ``[M, P]`` gradient: each row is scaled by
+    ``min(1, max_norm / (‖row‖ + 1e-6))``. Returns the norms before clipping, [M]."""
+    total = torch.linalg.vector_norm(grad, dim=1)
+    grad.mul_((max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1))
     return total
 
 
 class BatchedOptimizer:
-    """The state and the step of one optimizer for a population: ``step(grads, lr)`` updates the
-    stacked parameters in place; members listed in ``frozen`` keep their parameters."""
+    """The state and the step of one optimizer for a population whose parameters are the rows of
+    ``param`` ([M, P], the first ``decayed`` columns weight-decayed): ``step(grad, lr)`` updates
+    them in place; members listed in ``frozen`` keep their parameters."""
 
-    def __init__(self, name: str, params: dict[str, Tensor], decayed: dict[str, bool], hyper: dict[str, Tensor]):
+    def __init__(self, name: str, param: Tensor, decayed: int, hyper: dict[str, Tensor]) -> None:
         if name not in HYPERPARAMETERS:
             raise ValueError(f"no batched optimizer {name!r}")
-        self.name, self.params, self.hyper = name, params, hyper
-        self.names = list(params)
-        self.decayed = [decayed[n] for n in self.names]
+        self.name, self.param, self.hyper = name, param, hyper
+        # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
+        self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
-        self.state: dict[str, dict[str, Tensor]] = {
-            buffer: {n: torch.zeros_like(p) for n, p in params.items()} for buffer in STATE_BUFFERS[name]
-        }
+        self.state = {buffer: torch.zeros_like(param) for buffer in STATE_BUFFERS[name]}
 
     @torch.no_grad()
-    def step(self, grads: list[Tensor], lr: Tensor, frozen: Tensor | None = None) -> None:
+    def step(self, grad: Tensor, lr: Tensor, frozen: Tensor | None = None) -> None:
         """One update; ``lr`` is this step's learning rate per member ([M], float64)."""
         self.steps += 1
-        params = [self.params[n] for n in self.names]
-        kept = [p[frozen].clone() for p in params] if frozen is not None else []
-        buffers = [[self.state[b][n] for n in self.names] for b in STATE_BUFFERS[self.name]]
-        steps: dict[str, Callable[[], None]] = {
-            "sgd": lambda: sgd_step(params, grads, buffers[0], self.decayed, self.hyper, lr, self.steps == 1),
-            "adamw": lambda: adamw_step(params, grads, *buffers, self.decayed, self.hyper, lr, self.steps),
-            "lion": lambda: lion_step(params, grads, buffers[0], self.decayed, self.hyper, lr),
-        }
-        steps[self.name]()
-        for param, old in zip(params, kept):
-            param[frozen] = old
+        param, hyper, decayed = self.param, self.hyper, self.decayed
+        kept = param[frozen].clone() if frozen is not None else None
+        buffers = [self.state[b] for b in STATE_BUFFERS[self.name]]
+        if self.name == "sgd":
+            sgd_step(param, grad, buffers[0], decayed, hyper, lr, self.steps == 1)
+        elif self.name == "adamw":
+            adamw_step(param, grad, buffers[0], buffers[1], decayed, hyper, lr, self.steps)
+        else:
+            lion_step(param, grad, buffers[0], decayed, hyper, lr)
+        if kept is not None:
+            param[frozen] = kept
 
     def member_state(self, index: int) -> dict[str, Any]:
         """Member ``index``'s slice of the state (for its own checkpoint)."""
-        return {
-            "steps": self.steps,
-            "buffers": {b: {n: t[index].clone() for n, t in s.items()} for b, s in self.state.items()},
-        }
+        return {"steps": self.steps, "buffers": {b: t[index].clone() for b, t in self.state.items()}}
 
     def load_member_state(self, index: int, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
-        for buffer, tensors in state["buffers"].items():
-            for name, tensor in tensors.items():
-                self.state[buffer][name][index].copy_(tensor)
+        for buffer, tensor in state["buffers"].items():
+            self.state[buffer][index].copy_(tensor)

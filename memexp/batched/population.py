@@ -18,7 +18,6 @@ member has a readable checkpoint, else from step 0 (deterministic either way).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -125,15 +124,15 @@ class Member:
 
 
 class MemberModel(nn.Module):
-    """Member ``index`` of the stacked parameters as an ordinary module (for memexp's evaluation)."""
+    """One member's parameters as an ordinary module (for memexp's evaluation)."""
 
-    def __init__(self, base: nn.Module, params: dict[str, Tensor], index: int) -> None:
+    def __init__(self, base: nn.Module, params: dict[str, Tensor]) -> None:
         super().__init__()
-        self.base, self.index = base, index
-        self.stacked = params  # a plain attribute: the module owns no parameters of its own
+        self.base = base
+        self.weights = params  # a plain attribute: the module owns no parameters of its own
 
     def forward(self, x: Tensor) -> Tensor:
-        return functional_call(self.base, {name: p[self.index] for name, p in self.stacked.items()}, (x,))
+        return functional_call(self.base, self.weights, (x,))
 
 
 def member_hyperparameters(members: list[Member], device: torch.device) -> dict[str, Tensor]:
@@ -167,15 +166,21 @@ class Population:
             ckpt.seed_everything(member.run_cfg.seed)  # as memexp.train.build_run: seed, then build
             models.append(MODELS.build(first.model.name, first.model, self.data.spec).to(self.device))
             member.batches = self.data.train_iterator(self.trainer.batch_size, seed=member.run_cfg.seed)
-        params, buffers = stack_module_state(models)
+        stacked, buffers = stack_module_state(models)
         if buffers:
             raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
-        self.params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-        self.decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
-        self.base = copy.deepcopy(models[0]).to("meta")
-        del models
+        decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
+        # One flat [M, P] tensor holds every member's parameters (a row each), the decayed ones first,
+        # so the optimizer's step is a few passes over it (memexp/batched/optim.py).
+        self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
+        self.shapes = {name: stacked[name].shape[1:] for name in self.names}
+        self.sizes = [stacked[name][0].numel() for name in self.names]
+        self.flat = torch.cat([stacked[name].detach().flatten(1) for name in self.names], 1).requires_grad_(True)
+        decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
+        self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
+        del models, stacked
         self.optimizer = BatchedOptimizer(
-            first.optimizer.name, self.params, self.decayed, member_hyperparameters(members, self.device)
+            first.optimizer.name, self.flat, decayed_columns, member_hyperparameters(members, self.device)
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -203,10 +208,20 @@ class Population:
     def member_lr(self, index: int) -> float:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
 
+    def stacked_params(self) -> dict[str, Tensor]:
+        """Every parameter as a [M, ...] view of the flat tensor (differentiable: one split)."""
+        views = self.flat.split(self.sizes, dim=1)
+        return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
+
+    def member_params(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s parameters, as views of its row."""
+        views = self.flat[index].split(self.sizes)
+        return {name: view.view(self.shapes[name]) for name, view in zip(self.names, views)}
+
     def evaluate(self, index: int) -> dict[str, float]:
         """memexp.train.evaluate_gap on member ``index`` (the same evaluation code as a single run)."""
         run = SimpleNamespace(
-            forward=MemberModel(self.base, self.params, index),
+            forward=MemberModel(self.base, self.member_params(index)),
             task=self.task,
             eval_sets=self.eval_sets,
             cfg=self.members[index].run_cfg,
@@ -221,7 +236,7 @@ class Population:
         return {
             "step": step,
             "wall_time_s": wall_time_s,
-            "model": {name: p[index].detach().clone() for name, p in self.params.items()},
+            "model": {name: p.detach().clone() for name, p in self.member_params(index).items()},
             OPTIMIZER_STATE_KEY: self.optimizer.member_state(index),
             "scheduler": self.scheduler.state_dict(),
             "data": member.batches.state_dict(),  # type: ignore[union-attr]
@@ -233,8 +248,9 @@ class Population:
     def restore(self, states: list[dict[str, Any]]) -> int:
         with torch.no_grad():
             for index, (member, state) in enumerate(zip(self.members, states)):
+                params = self.member_params(index)
                 for name, tensor in state["model"].items():
-                    self.params[name][index].copy_(tensor)
+                    params[name].copy_(tensor)
                 self.optimizer.load_member_state(index, state[OPTIMIZER_STATE_KEY])
                 member.batches.load_state_dict(state["data"])  # type: ignore[union-attr]
                 member.alive = bool(state.get("alive", True))
@@ -294,7 +310,6 @@ class Population:
             for index, member in enumerate(self.members):
                 member.checkpoints.save(self.member_state(index, step, self.elapsed()), step)  # type: ignore[union-attr]
 
-        params = list(self.params.values())
         loss_sum, loss_count = torch.zeros(len(self.members), device=self.device), 0
         with GracefulStop() as stop:
             try:
@@ -303,13 +318,14 @@ class Population:
                     batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
                     x = torch.stack([b[0] for b in batches])
                     y = torch.stack([b[1] for b in batches])
-                    losses = self.losses(self.params, x, y)
-                    grads = list(torch.autograd.grad(losses.sum(), params))
+                    losses = self.losses(self.stacked_params(), x, y)
+                    # The members are independent: the gradient of their summed losses is each one's own.
+                    (grad,) = torch.autograd.grad(losses.sum(), self.flat)
                     if trainer.grad_clip > 0:
-                        clip_grad_norms_(grads, trainer.grad_clip)
+                        clip_grad_norms_(grad, trainer.grad_clip)
                     lr = self.base_lr * self.lr_factor()
                     frozen = [i for i, m in enumerate(self.members) if not m.alive]
-                    self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+                    self.optimizer.step(grad, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
                     self.scheduler.step()
                     step += 1
                     loss_sum += losses.detach()
