@@ -28,6 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -193,10 +194,10 @@ class Population:
         self.eval_sets = self.data.eval_sets(self.trainer.eval_examples)
         self.started = time.perf_counter()
 
-        def member_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-            return self.task.loss(functional_call(self.base, params, (x,)), y)
+        def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(self.base, params, (x,))
 
-        self.losses: Callable[[dict[str, Tensor], Tensor, Tensor], Tensor] = vmap(member_loss, randomness="different")
+        self.forward: Callable[[dict[str, Tensor], Tensor], Tensor] = vmap(member_forward, randomness="different")
 
     # ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -318,7 +319,7 @@ class Population:
                     batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
                     x = torch.stack([b[0] for b in batches])
                     y = torch.stack([b[1] for b in batches])
-                    losses = self.losses(self.stacked_params(), x, y)
+                    losses = member_losses(self.forward(self.stacked_params(), x), y)
                     # The members are independent: the gradient of their summed losses is each one's own.
                     (grad,) = torch.autograd.grad(losses.sum(), self.flat)
                     if trainer.grad_clip > 0:
@@ -406,6 +407,15 @@ class Population:
         member.summary.pop("stopped_by", None)
         member.logger.summary(member.summary)  # type: ignore[union-attr]
         member.alive = False
+
+
+def member_losses(output: Tensor, target: Tensor) -> Tensor:
+    """Each member's training loss, [M], from its outputs [M, ..., classes] and targets [M, ...]: the
+    mean cross-entropy over its predictions, as memexp.tasks' classification and language-modelling
+    losses. Computed outside vmap: under vmap, cross_entropy runs a Python decomposition."""
+    members = output.shape[0]
+    losses = F.cross_entropy(output.float().flatten(0, -2), target.flatten(), reduction="none")
+    return losses.view(members, -1).mean(dim=1)
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
