@@ -12,14 +12,13 @@ one training a single run (each in a fresh subprocess; the import of torch is pa
 
 Goals (issue 14, 2 CPU cores): MLP <= 3x (600 steps), CNN and tiny ViT <= 8x, MLP memory <= 4x.
 
-    python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10]
+    python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -66,9 +65,9 @@ def time_population(configs: list, root: Path) -> float:
     return time.perf_counter() - started
 
 
-def peak_rss_mb(which: str, members: int) -> float:
+def peak_rss_mb(which: str, members: int, threads: int) -> float:
     """Peak RSS (MiB) of a fresh process that trains the MLP once or as a population."""
-    command = [sys.executable, __file__, "--members", str(members), "--rss-probe", which]
+    command = [sys.executable, __file__, "--members", str(members), "--threads", str(threads), "--rss-probe", which]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
 
 
@@ -76,7 +75,15 @@ def rss_probe(which: str, members: int) -> None:
     configs = sweep_configs(["model=mlp"], members)
     with tempfile.TemporaryDirectory() as tmp:
         time_single(configs[0], Path(tmp)) if which == "single" else time_population(configs, Path(tmp))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_of_this_process_mib())
+
+
+def peak_rss_of_this_process_mib() -> float:
+    """VmHWM: this process's own peak (getrusage's ru_maxrss keeps the parent's across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def main() -> None:
@@ -85,8 +92,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cnn-steps", type=int, default=600)
     parser.add_argument("--vit-steps", type=int, default=10, help="the tiny ViT (5.3M parameters) is compute-bound")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine, 2 threads spin-wait)"
+    )
+    parser.add_argument("--models", default="mlp,cnn,vit_tiny", help="comma-separated subset to measure")
     parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.rss_probe:
         rss_probe(args.rss_probe, args.members)
         return
@@ -98,7 +110,8 @@ def main() -> None:
     results: dict[str, dict[str, float | int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name, overrides in models.items():
+        for name in args.models.split(","):
+            overrides = models[name]
             configs = sweep_configs(overrides, args.members)
             single, population = [], []
             for _ in range(args.rounds if name != "vit_tiny" else 1):
@@ -112,8 +125,9 @@ def main() -> None:
                 "ratio_vs_one_run": round(many / one, 2),
                 "throughput_vs_separate_runs": round(args.members * one / many, 2),
             }
-    single_rss, population_rss = peak_rss_mb("single", args.members), peak_rss_mb("population", args.members)
-    results["mlp"].update(
+    single_rss = peak_rss_mb("single", args.members, args.threads)
+    population_rss = peak_rss_mb("population", args.members, args.threads)
+    results.setdefault("mlp", {}).update(
         single_peak_rss_mib=round(single_rss, 1),
         population_peak_rss_mib=round(population_rss, 1),
         rss_ratio_vs_one_run=round(population_rss / single_rss, 2),

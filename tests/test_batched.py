@@ -123,13 +123,15 @@ def test_a_diverging_member_stops_and_the_others_go_on(compose: Compose, tmp_pat
 
 
 def test_optimizer_freezes_the_listed_members() -> None:
-    param = torch.ones(3, 2)
+    decayed, not_decayed = torch.ones(3, 1), torch.ones(3, 1)
     hyper = {k: torch.full((3,), v, dtype=torch.float64) for k, v in (("lr", 0.5), ("beta1", 0.9), ("beta2", 0.99))}
     hyper["weight_decay"] = torch.tensor([0.0, 0.0, 0.2], dtype=torch.float64)
-    optimizer = BatchedOptimizer("lion", param, 1, hyper)  # column 0 decayed, column 1 not
-    optimizer.step(torch.tensor([[1.0, -1.0]] * 3), hyper["lr"], frozen=torch.tensor([1]))
-    # Lion's first step: c = (1 - β1)·g, x ← x·(1 − η·λ) − η·sign(c); member 2 decays column 0 only.
-    assert param.flatten().tolist() == pytest.approx([0.5, 1.5, 1.0, 1.0, 0.9 - 0.5, 1.5], rel=1e-7)
+    optimizer = BatchedOptimizer("lion", [decayed, not_decayed], 1, hyper)
+    optimizer.step([torch.ones(3, 1), -torch.ones(3, 1)], hyper["lr"], frozen=torch.tensor([1]))
+    # Lion's first step: c = (1 - β1)·g, x ← x·(1 − η·λ) − η·sign(c); only member 2 decays, and only
+    # the decayed block; member 1 is frozen.
+    assert decayed.flatten().tolist() == pytest.approx([0.5, 1.0, 0.9 - 0.5], rel=1e-7)
+    assert not_decayed.flatten().tolist() == [1.5, 1.0, 1.5]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ follows its single run to rounding. The math of each step is its single-run opti
 - ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
   ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``.
 
-All of a member's parameters live in one row of a flat ``[M, P]`` tensor (the population keeps its
-parameters there, memexp/batched/population.py), so a step is a handful of elementwise passes over
-the whole population instead of a few per parameter tensor. The parameters the single run puts in
-its weight-decayed group (memexp.optim.param_groups) come first, columns ``[0, D)``; the others get
-no decay, as there.
+The steps work on blocks: one ``[M, n]`` tensor per parameter (a row per member, contiguous, views
+of the population's flat storage, memexp/batched/population.py). The per-member scalars are cast
+to ``[M, 1]`` once per step and broadcast over every block. The blocks the single run puts in its
+weight-decayed group (memexp.optim.param_groups) come first, ``decayed`` of them; the others get no
+decay, as there.
 """
 
 from __future__ import annotations
@@ -41,97 +41,130 @@ STATE_BUFFERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def per_member(values: Tensor, like: Tensor) -> Tensor:
-    """``values`` ([M], float64) cast to ``like``'s dtype and shaped to broadcast over ``like`` ([M, ...])."""
-    return values.to(dtype=like.dtype, device=like.device).view(-1, *([1] * (like.ndim - 1)))
-
-
 def sgd_step(
-    param: Tensor, grad: Tensor, buffer: Tensor, decayed: int, hyper: dict[str, Tensor], lr: Tensor, first_step: bool
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: list[Tensor],
+    decayed: int,
+    h: dict[str, Tensor],
+    first_step: bool,
 ) -> None:
-    if decayed:
-        grad[:, :decayed].addcmul_(per_member(hyper["weight_decay"], param), param[:, :decayed])
-    if first_step:
-        buffer.copy_(grad)  # torch starts the buffer at the gradient, undamped
-    else:
-        buffer.mul_(per_member(hyper["momentum"], param)).addcmul_(per_member(1 - hyper["dampening"], param), grad)
-    param.addcmul_(per_member(-lr, param), buffer)
+    for index, (param, grad, buffer) in enumerate(zip(params, grads, buffers)):
+        if index < decayed:
+            grad.addcmul_(h["weight_decay"], param)
+        if first_step:
+            buffer.copy_(grad)  # torch starts the buffer at the gradient, undamped
+        else:
+            buffer.mul_(h["momentum"]).addcmul_(h["one_minus_dampening"], grad)
+        param.addcmul_(h["neg_lr"], buffer)
 
 
 def adamw_step(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
     decayed: int,
-    hyper: dict[str, Tensor],
-    lr: Tensor,
-    step: int,
+    h: dict[str, Tensor],
 ) -> None:
-    beta1, beta2 = hyper["beta1"], hyper["beta2"]
-    step_size = lr / (1 - beta1**step)
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    if decayed:
-        param[:, :decayed].mul_(per_member(1 - lr * hyper["weight_decay"], param))
-    exp_avg.lerp_(grad, per_member(1 - beta1, param))
-    exp_avg_sq.mul_(per_member(beta2, param)).addcmul_(grad * per_member(1 - beta2, param), grad)
-    denom = exp_avg_sq.sqrt().div_(per_member(bias_correction2_sqrt, param)).add_(per_member(hyper["eps"], param))
-    param.addcmul_(per_member(-step_size, param), exp_avg.div(denom))
+    for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        if index < decayed:
+            param.mul_(h["decay_factor"])
+        exp_avg.lerp_(grad, h["one_minus_beta1"])
+        exp_avg_sq.mul_(h["beta2"]).addcmul_(grad * h["one_minus_beta2"], grad)
+        denom = exp_avg_sq.sqrt().div_(h["bias_correction2_sqrt"]).add_(h["eps"])
+        param.addcmul_(h["neg_step_size"], exp_avg.div(denom))
 
 
 def lion_step(
-    param: Tensor, grad: Tensor, momentum: Tensor, decayed: int, hyper: dict[str, Tensor], lr: Tensor
+    params: list[Tensor], grads: list[Tensor], momenta: list[Tensor], decayed: int, h: dict[str, Tensor]
 ) -> None:
-    direction = torch.lerp(momentum, grad, per_member(1 - hyper["beta1"], param)).sign_()
-    if decayed:
-        param[:, :decayed].mul_(per_member(1 - lr * hyper["weight_decay"], param))
-    param.addcmul_(per_member(-lr, param), direction)
-    momentum.lerp_(grad, per_member(1 - hyper["beta2"], param))
+    for index, (param, grad, momentum) in enumerate(zip(params, grads, momenta)):
+        direction = torch.lerp(momentum, grad, h["one_minus_beta1"]).sign_()
+        if index < decayed:
+            param.mul_(h["decay_factor"])
+        param.addcmul_(h["neg_lr"], direction)
+        momentum.lerp_(grad, h["one_minus_beta2"])
 
 
-def clip_grad_norms_(grad: Tensor, max_norm: float) -> Tensor:
-    """torch.nn.utils.clip_grad_norm_ per member on a flat ``[M, P]`` gradient: each row is scaled by
-    ``min(1, max_norm / (‖row‖ + 1e-6))``. Returns the norms before clipping, [M]."""
-    total = torch.linalg.vector_norm(grad, dim=1)
-    grad.mul_((max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1))
+def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
+    """This step's per-member scalars in float64 ([M]): what the single-run optimizer computes in
+    Python floats from its hyperparameters, the scheduled lr and the step count."""
+    if name == "sgd":
+        return {
+            "weight_decay": hyper["weight_decay"],
+            "momentum": hyper["momentum"],
+            "one_minus_dampening": 1 - hyper["dampening"],
+            "neg_lr": -lr,
+        }
+    scalars = {
+        "decay_factor": 1 - lr * hyper["weight_decay"],
+        "one_minus_beta1": 1 - hyper["beta1"],
+        "one_minus_beta2": 1 - hyper["beta2"],
+    }
+    if name == "lion":
+        return {**scalars, "neg_lr": -lr}
+    return {
+        **scalars,
+        "beta2": hyper["beta2"],
+        "bias_correction2_sqrt": (1 - hyper["beta2"] ** step) ** 0.5,
+        "eps": hyper["eps"],
+        "neg_step_size": -lr / (1 - hyper["beta1"] ** step),
+    }
+
+
+def clip_grad_norms_(grads: list[Tensor], max_norm: float) -> Tensor:
+    """torch.nn.utils.clip_grad_norm_ per member on ``[M, n]`` gradient blocks: each member's
+    gradient is scaled by ``min(1, max_norm / (‖g_member‖ + 1e-6))``. Returns the norms before
+    clipping, [M]."""
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads], 1), dim=1)
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1)
+    for grad in grads:
+        grad.mul_(scale)
     return total
 
 
 class BatchedOptimizer:
-    """The state and the step of one optimizer for a population whose parameters are the rows of
-    ``param`` ([M, P], the first ``decayed`` columns weight-decayed): ``step(grad, lr)`` updates
-    them in place; members listed in ``frozen`` keep their parameters."""
+    """The state and the step of one optimizer for a population whose parameters are the ``[M, n]``
+    blocks ``params`` (the first ``decayed`` weight-decayed): ``step(grads, lr)`` updates them in
+    place; members listed in ``frozen`` keep their parameters."""
 
-    def __init__(self, name: str, param: Tensor, decayed: int, hyper: dict[str, Tensor]) -> None:
+    def __init__(self, name: str, params: list[Tensor], decayed: int, hyper: dict[str, Tensor]) -> None:
         if name not in HYPERPARAMETERS:
             raise ValueError(f"no batched optimizer {name!r}")
-        self.name, self.param, self.hyper = name, param, hyper
+        self.name, self.params, self.hyper = name, params, hyper
         # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
         self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
-        self.state = {buffer: torch.zeros_like(param) for buffer in STATE_BUFFERS[name]}
+        self.state = {buffer: [torch.zeros_like(p) for p in params] for buffer in STATE_BUFFERS[name]}
 
     @torch.no_grad()
-    def step(self, grad: Tensor, lr: Tensor, frozen: Tensor | None = None) -> None:
+    def step(self, grads: list[Tensor], lr: Tensor, frozen: Tensor | None = None) -> None:
         """One update; ``lr`` is this step's learning rate per member ([M], float64)."""
         self.steps += 1
-        param, hyper, decayed = self.param, self.hyper, self.decayed
-        kept = param[frozen].clone() if frozen is not None else None
+        params, decayed = self.params, self.decayed
+        like = params[0]
+        h = {
+            key: value.to(dtype=like.dtype, device=like.device).unsqueeze(1)
+            for key, value in step_scalars(self.name, self.hyper, lr, self.steps).items()
+        }
+        kept = [p[frozen].clone() for p in params] if frozen is not None else []
         buffers = [self.state[b] for b in STATE_BUFFERS[self.name]]
         if self.name == "sgd":
-            sgd_step(param, grad, buffers[0], decayed, hyper, lr, self.steps == 1)
+            sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
-            adamw_step(param, grad, buffers[0], buffers[1], decayed, hyper, lr, self.steps)
+            adamw_step(params, grads, buffers[0], buffers[1], decayed, h)
         else:
-            lion_step(param, grad, buffers[0], decayed, hyper, lr)
-        if kept is not None:
-            param[frozen] = kept
+            lion_step(params, grads, buffers[0], decayed, h)
+        for param, old in zip(params, kept):
+            param[frozen] = old
 
     def member_state(self, index: int) -> dict[str, Any]:
         """Member ``index``'s slice of the state (for its own checkpoint)."""
-        return {"steps": self.steps, "buffers": {b: t[index].clone() for b, t in self.state.items()}}
+        return {"steps": self.steps, "buffers": {b: [t[index].clone() for t in s] for b, s in self.state.items()}}
 
     def load_member_state(self, index: int, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
-        for buffer, tensor in state["buffers"].items():
-            self.state[buffer][index].copy_(tensor)
+        for buffer, tensors in state["buffers"].items():
+            for target, tensor in zip(self.state[buffer], tensors):
+                target[index].copy_(tensor)

@@ -136,7 +136,7 @@ class MemberModel(nn.Module):
         return functional_call(self.base, self.weights, (x,))
 
 
-def member_hyperparameters(members: list[Member], device: torch.device) -> dict[str, Tensor]:
+def member_hyperparameters(members: list[Member]) -> dict[str, Tensor]:
     name = members[0].run_cfg.optimizer.name
     return {
         key: torch.tensor([float(getattr(m.run_cfg.optimizer, key)) for m in members], dtype=torch.float64)
@@ -171,17 +171,18 @@ class Population:
         if buffers:
             raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
         decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
-        # One flat [M, P] tensor holds every member's parameters (a row each), the decayed ones first,
-        # so the optimizer's step is a few passes over it (memexp/batched/optim.py).
+        # One flat tensor holds every parameter of every member: a contiguous [M, n] block per
+        # parameter (the decayed ones first), so the forward pass reads contiguous weights and the
+        # backward pass returns one flat gradient (memexp/batched/optim.py steps on the blocks).
         self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
         self.shapes = {name: stacked[name].shape[1:] for name in self.names}
-        self.sizes = [stacked[name][0].numel() for name in self.names]
-        self.flat = torch.cat([stacked[name].detach().flatten(1) for name in self.names], 1).requires_grad_(True)
-        decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
+        self.block_sizes = [stacked[name].numel() for name in self.names]
+        self.flat = torch.cat([stacked[name].detach().flatten() for name in self.names]).requires_grad_(True)
+        decayed_blocks = sum(decayed[name] for name in self.names)
         self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
         del models, stacked
         self.optimizer = BatchedOptimizer(
-            first.optimizer.name, self.flat, decayed_columns, member_hyperparameters(members, self.device)
+            first.optimizer.name, self.blocks(self.flat.detach()), decayed_blocks, member_hyperparameters(members)
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -209,15 +210,19 @@ class Population:
     def member_lr(self, index: int) -> float:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
 
+    def blocks(self, flat: Tensor) -> list[Tensor]:
+        """``flat`` (the parameters, or their gradient) as one [M, n] view per parameter."""
+        return [block.view(len(self.members), -1) for block in flat.split(self.block_sizes)]
+
     def stacked_params(self) -> dict[str, Tensor]:
         """Every parameter as a [M, ...] view of the flat tensor (differentiable: one split)."""
-        views = self.flat.split(self.sizes, dim=1)
+        views = self.flat.split(self.block_sizes)
         return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
 
     def member_params(self, index: int) -> dict[str, Tensor]:
-        """Member ``index``'s parameters, as views of its row."""
-        views = self.flat[index].split(self.sizes)
-        return {name: view.view(self.shapes[name]) for name, view in zip(self.names, views)}
+        """Member ``index``'s parameters, as views of the flat tensor."""
+        views = self.flat.detach().split(self.block_sizes)
+        return {name: view.view(-1, *self.shapes[name])[index] for name, view in zip(self.names, views)}
 
     def evaluate(self, index: int) -> dict[str, float]:
         """memexp.train.evaluate_gap on member ``index`` (the same evaluation code as a single run)."""
@@ -319,14 +324,19 @@ class Population:
                     batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
                     x = torch.stack([b[0] for b in batches])
                     y = torch.stack([b[1] for b in batches])
-                    losses = member_losses(self.forward(self.stacked_params(), x), y)
-                    # The members are independent: the gradient of their summed losses is each one's own.
-                    (grad,) = torch.autograd.grad(losses.sum(), self.flat)
+                    params = self.stacked_params()
+                    losses = member_losses(self.forward(params, x), y)
+                    # The members are independent: the gradient of their summed losses is each one's
+                    # own. Taken at the per-parameter views, which saves concatenating a flat gradient.
+                    grads = [
+                        g.reshape(len(self.members), -1)
+                        for g in torch.autograd.grad(losses.sum(), list(params.values()))
+                    ]
                     if trainer.grad_clip > 0:
-                        clip_grad_norms_(grad, trainer.grad_clip)
+                        clip_grad_norms_(grads, trainer.grad_clip)
                     lr = self.base_lr * self.lr_factor()
                     frozen = [i for i, m in enumerate(self.members) if not m.alive]
-                    self.optimizer.step(grad, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+                    self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
                     self.scheduler.step()
                     step += 1
                     loss_sum += losses.detach()
