@@ -113,6 +113,9 @@ def main() -> None:
         for name in args.models.split(","):
             overrides = models[name]
             configs = sweep_configs(overrides, args.members)
+            # Untimed warm-up of both paths (lazy imports, allocator, kernels' first calls).
+            warm = sweep_configs([*overrides, "trainer.max_steps=3", "trainer.eval_every=3"], args.members)
+            time_single(warm[0], root), time_population(warm, root)
             single, population = [], []
             for _ in range(args.rounds if name != "vit_tiny" else 1):
                 single.append(time_single(configs[0], root))

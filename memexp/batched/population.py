@@ -172,8 +172,8 @@ class Population:
             raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
         decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
         # One flat tensor holds every parameter of every member: a contiguous [M, n] block per
-        # parameter (the decayed ones first), so the forward pass reads contiguous weights and the
-        # backward pass returns one flat gradient (memexp/batched/optim.py steps on the blocks).
+        # parameter (the decayed ones first), so the forward pass reads contiguous weights, the
+        # optimizer steps on the blocks (memexp/batched/optim.py) and a checkpoint slices a member out.
         self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
         self.shapes = {name: stacked[name].shape[1:] for name in self.names}
         self.block_sizes = [stacked[name].numel() for name in self.names]
@@ -211,7 +211,7 @@ class Population:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
 
     def blocks(self, flat: Tensor) -> list[Tensor]:
-        """``flat`` (the parameters, or their gradient) as one [M, n] view per parameter."""
+        """``flat`` (the parameters) as one [M, n] view per parameter."""
         return [block.view(len(self.members), -1) for block in flat.split(self.block_sizes)]
 
     def stacked_params(self) -> dict[str, Tensor]:
