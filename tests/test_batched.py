@@ -134,6 +134,22 @@ def test_optimizer_freezes_the_listed_members() -> None:
     assert not_decayed.flatten().tolist() == [1.5, 1.0, 1.5]
 
 
+def test_jobs_share_a_population_when_only_batchable_keys_differ(compose: Compose) -> None:
+    from memexp.batched.launcher import plan_populations
+
+    overrides = [
+        ["optimizer=adamw", "seed=0"],
+        ["optimizer=adamw", "seed=1", "optimizer.lr=3e-3", "optimizer.beta2=0.99", "logger=none"],
+        ["optimizer=adamw", "seed=2", "model.hidden_sizes=[64]"],  # other shapes
+        ["optimizer=lion", "seed=0"],  # another optimizer
+        ["optimizer=adamw", "seed=3", "trainer.max_steps=7"],  # another loop
+        ["optimizer=adamw", "seed=4", "optimizer.weight_decay=0.5"],
+    ]
+    configs = [compose(o) for o in overrides]
+    assert plan_populations(configs, 16) == [[0, 1, 5], [2], [3], [4]]
+    assert plan_populations(configs, 2) == [[0, 1], [5], [2], [3], [4]]
+
+
 # ----------------------------------------------------------------------------------------------
 # The launcher, as users run it.
 

@@ -37,7 +37,7 @@ from memexp import sweep
 from memexp.batched.optim import HYPERPARAMETERS
 from memexp.batched.population import OPTIMIZER_STATE_KEY, Member, Population, refusal
 from memexp.config import Resume
-from memexp.errors import MemexpError
+from memexp.errors import MemexpError, require
 from memexp.logging import MultiLogger, read_metrics
 from memexp.signals import Interrupted
 from memexp.train import check_config, objective, open_loggers
@@ -137,8 +137,7 @@ def replay_to_wandb(member: Member, job_cfg: DictConfig) -> None:
 
 class PopulationLauncher:
     def __init__(self, members: int = 16) -> None:
-        if members < 1:
-            raise ValueError(f"hydra.launcher.members={members} is not allowed: an integer >= 1")
+        require(members >= 1, "hydra.launcher.members", members, "an integer >= 1")
         self.members = members
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
