@@ -137,7 +137,6 @@ def replay_to_wandb(member: Member, job_cfg: DictConfig) -> None:
 
 class PopulationLauncher:
     def __init__(self, members: int = 16) -> None:
-        require(members >= 1, "hydra.launcher.members", members, "an integer >= 1")
         self.members = members
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
@@ -171,6 +170,7 @@ class PopulationLauncher:
                 config.hydra.job.id = config.hydra.job.num = initial_job_idx + offset
             configs.append(config)
         try:
+            require(self.members >= 1, "hydra.launcher.members", self.members, "an integer >= 1")
             for config in configs:
                 problem = refusal(check_config(config))
                 if problem is not None:
