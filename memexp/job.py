@@ -118,28 +118,45 @@ def run_job(cfg: DictConfig) -> float | None:
         lock.release()
 
 
-def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, multirun: bool) -> float | None:
-    hydra_cfg = HydraConfig.get()
-    resume = run_cfg.trainer.resume is Resume.auto
-    key = rundir.job_key(cfg)
+def finished_in_place(run_dir: Path, key: str, resume: bool) -> dict[str, Any] | None:
+    """The summary of this very job when it already finished in ``run_dir`` (nothing to do), else
+    None (saying why an unreadable summary means running again)."""
     summary, problem = rundir.read_summary(run_dir)
     finished = summary is not None and summary.get("status") == rundir.Status.FINISHED
     # The same job only: a finished run continued with other settings (e.g. more steps) resumes.
     if resume and finished and rundir.read_job_key(run_dir) == key:
         print(f"memexp: job already finished in {run_dir}; nothing to do (trainer.resume=never would train it again)")
-        return objective(summary)
+        return summary
     if problem:
         print(f"memexp: {run_dir}: {problem}; running the job again")
+    return None
+
+
+def reuse_earlier(cfg: DictConfig, run_dir: Path, key: str, multirun: bool, resume: bool) -> dict[str, Any] | None:
+    """A sweep job new to ``run_dir``: the summary of an earlier finished job with the same key
+    (reused, nothing to train), else None, having adopted an interrupted one's checkpoints if any."""
+    if not (multirun and resume and not (run_dir / rundir.CHECKPOINT_DIR).is_dir()):
+        return None
+    overrides = list(HydraConfig.get().overrides.task)
+    reused = sweep.reuse_earlier_job(Path(cfg.paths.output_root), key, run_dir, overrides)
+    return rundir.read_summary(run_dir)[0] if reused == rundir.Status.FINISHED else None
+
+
+def run_locked(cfg: DictConfig, run_cfg: RunConfig, run_dir: Path, multirun: bool) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    resume = run_cfg.trainer.resume is Resume.auto
+    key = rundir.job_key(cfg)
+    done = finished_in_place(run_dir, key, resume)
+    if done is not None:
+        return objective(done)
     try:
         run = build_run(run_cfg)
     except MemexpError as error:
         reject_input(error, run_dir)
     rundir.write_job_key(run_dir, key)
-    if multirun and resume and not (run_dir / rundir.CHECKPOINT_DIR).is_dir():
-        output_root = Path(cfg.paths.output_root)
-        reused = sweep.reuse_earlier_job(output_root, key, run_dir, list(hydra_cfg.overrides.task))
-        if reused == rundir.Status.FINISHED:
-            return objective(rundir.read_summary(run_dir)[0])
+    reused = reuse_earlier(cfg, run_dir, key, multirun, resume)
+    if reused is not None:
+        return objective(reused)
     if run_cfg.trainer.devices > 1:
         # Data parallel: this process only launches the ranks (they share this run dir).
         code = distributed.launch(run_cfg.trainer.devices, list(hydra_cfg.overrides.task), run_dir)

@@ -1,0 +1,170 @@
+"""Optimizers on stacked parameters: one functional step per optimizer for a whole population.
+
+Every parameter tensor has a leading member dimension ``[M, ...]``; every hyperparameter is a
+float64 tensor of shape ``[M]`` (one value per member), broadcast against that dimension. The
+scalar arithmetic (``1 - lr·λ``, bias corrections, step sizes) is done in float64 and cast to the
+parameter's dtype once, as the single-run optimizers do with their Python floats, so a member
+follows its single run to rounding. The math of each step is its single-run optimizer's:
+
+- ``sgd``: torch.optim.SGD (memexp/optim/sgd.py), torch convention ``buf = μ·buf + (1−d)·g`` with
+  ``buf = g`` on the first step, L2 weight decay added to the gradient, Nesterov off;
+- ``adamw``: torch.optim.AdamW (memexp/optim/adamw.py), decoupled decay ``x ← x·(1 − η·λ)``, bias
+  corrections ``1 − β^t``, ``denom = sqrt(v)/sqrt(1 − β2^t) + ε``;
+- ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
+  ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``.
+
+The steps work on blocks: one ``[M, n]`` tensor per parameter (a row per member, contiguous, views
+of the population's flat storage, memexp/batched/population.py). The per-member scalars are cast
+to ``[M, 1]`` once per step and broadcast over every block. The blocks the single run puts in its
+weight-decayed group (memexp.optim.param_groups) come first, ``decayed`` of them; the others get no
+decay, as there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# Per-member hyperparameters of each batched optimizer (the config keys that may differ inside a
+# population), and the state buffers it keeps per parameter.
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "sgd": ("lr", "momentum", "dampening", "weight_decay"),
+    "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "lion": ("lr", "beta1", "beta2", "weight_decay"),
+}
+STATE_BUFFERS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum_buffer",),
+    "adamw": ("exp_avg", "exp_avg_sq"),
+    "lion": ("exp_avg",),
+}
+
+
+def sgd_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: list[Tensor],
+    decayed: int,
+    h: dict[str, Tensor],
+    first_step: bool,
+) -> None:
+    for index, (param, grad, buffer) in enumerate(zip(params, grads, buffers)):
+        if index < decayed:
+            grad.addcmul_(h["weight_decay"], param)
+        if first_step:
+            buffer.copy_(grad)  # torch starts the buffer at the gradient, undamped
+        else:
+            buffer.mul_(h["momentum"]).addcmul_(h["one_minus_dampening"], grad)
+        param.addcmul_(h["neg_lr"], buffer)
+
+
+def adamw_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    decayed: int,
+    h: dict[str, Tensor],
+) -> None:
+    for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        if index < decayed:
+            param.mul_(h["decay_factor"])
+        exp_avg.lerp_(grad, h["one_minus_beta1"])
+        exp_avg_sq.mul_(h["beta2"]).addcmul_(grad * h["one_minus_beta2"], grad)
+        denom = exp_avg_sq.sqrt().div_(h["bias_correction2_sqrt"]).add_(h["eps"])
+        param.addcmul_(h["neg_step_size"], exp_avg.div(denom))
+
+
+def lion_step(
+    params: list[Tensor], grads: list[Tensor], momenta: list[Tensor], decayed: int, h: dict[str, Tensor]
+) -> None:
+    for index, (param, grad, momentum) in enumerate(zip(params, grads, momenta)):
+        direction = torch.lerp(momentum, grad, h["one_minus_beta1"]).sign_()
+        if index < decayed:
+            param.mul_(h["decay_factor"])
+        param.addcmul_(h["neg_lr"], direction)
+        momentum.lerp_(grad, h["one_minus_beta2"])
+
+
+def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
+    """This step's per-member scalars in float64 ([M]): what the single-run optimizer computes in
+    Python floats from its hyperparameters, the scheduled lr and the step count."""
+    if name == "sgd":
+        return {
+            "weight_decay": hyper["weight_decay"],
+            "momentum": hyper["momentum"],
+            "one_minus_dampening": 1 - hyper["dampening"],
+            "neg_lr": -lr,
+        }
+    scalars = {
+        "decay_factor": 1 - lr * hyper["weight_decay"],
+        "one_minus_beta1": 1 - hyper["beta1"],
+        "one_minus_beta2": 1 - hyper["beta2"],
+    }
+    if name == "lion":
+        return {**scalars, "neg_lr": -lr}
+    return {
+        **scalars,
+        "beta2": hyper["beta2"],
+        "bias_correction2_sqrt": (1 - hyper["beta2"] ** step) ** 0.5,
+        "eps": hyper["eps"],
+        "neg_step_size": -lr / (1 - hyper["beta1"] ** step),
+    }
+
+
+def clip_grad_norms_(grads: list[Tensor], max_norm: float) -> Tensor:
+    """torch.nn.utils.clip_grad_norm_ per member on ``[M, n]`` gradient blocks: each member's
+    gradient is scaled by ``min(1, max_norm / (‖g_member‖ + 1e-6))``. Returns the norms before
+    clipping, [M]."""
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads], 1), dim=1)
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1)
+    for grad in grads:
+        grad.mul_(scale)
+    return total
+
+
+class BatchedOptimizer:
+    """The state and the step of one optimizer for a population whose parameters are the ``[M, n]``
+    blocks ``params`` (the first ``decayed`` weight-decayed): ``step(grads, lr)`` updates them in
+    place; members listed in ``frozen`` keep their parameters."""
+
+    def __init__(self, name: str, params: list[Tensor], decayed: int, hyper: dict[str, Tensor]) -> None:
+        if name not in HYPERPARAMETERS:
+            raise ValueError(f"no batched optimizer {name!r}")
+        self.name, self.params, self.hyper = name, params, hyper
+        # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
+        self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
+        self.steps = 0
+        self.state = {buffer: [torch.zeros_like(p) for p in params] for buffer in STATE_BUFFERS[name]}
+
+    @torch.no_grad()
+    def step(self, grads: list[Tensor], lr: Tensor, frozen: Tensor | None = None) -> None:
+        """One update; ``lr`` is this step's learning rate per member ([M], float64)."""
+        self.steps += 1
+        params, decayed = self.params, self.decayed
+        like = params[0]
+        h = {
+            key: value.to(dtype=like.dtype, device=like.device).unsqueeze(1)
+            for key, value in step_scalars(self.name, self.hyper, lr, self.steps).items()
+        }
+        kept = [p[frozen].clone() for p in params] if frozen is not None else []
+        buffers = [self.state[b] for b in STATE_BUFFERS[self.name]]
+        if self.name == "sgd":
+            sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
+        elif self.name == "adamw":
+            adamw_step(params, grads, buffers[0], buffers[1], decayed, h)
+        else:
+            lion_step(params, grads, buffers[0], decayed, h)
+        for param, old in zip(params, kept):
+            param[frozen] = old
+
+    def member_state(self, index: int) -> dict[str, Any]:
+        """Member ``index``'s slice of the state (for its own checkpoint)."""
+        return {"steps": self.steps, "buffers": {b: [t[index].clone() for t in s] for b, s in self.state.items()}}
+
+    def load_member_state(self, index: int, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        for buffer, tensors in state["buffers"].items():
+            for target, tensor in zip(self.state[buffer], tensors):
+                target[index].copy_(tensor)

@@ -1,0 +1,434 @@
+"""A population: N jobs of a sweep that differ only in batchable keys, trained together in one
+process, vectorized over a leading member dimension with torch.func.
+
+Each member is built with the single run's seeding (memexp.train.build_run: ``seed_everything(seed)``
+then the model), so its initial weights are the basic launcher's; it draws its own batches from its
+own BatchIterator (seeded with its seed) and has its own hyperparameters. The members' parameters
+are stacked (``stack_module_state``); one ``vmap`` of ``functional_call`` computes every member's
+loss, one backward pass their gradients (the members are independent, so the gradient of the summed
+losses is each member's own gradient), and the batched optimizer (memexp/batched/optim.py) updates
+them. Evaluation, logging, summaries and checkpoints are per member, in each member's run dir,
+with the same keys and statuses as memexp.train.train.
+
+Checkpoints: each member writes its own ``checkpoints/step_*.pt`` in its run dir (its parameters as
+an ordinary ``state_dict`` under ``model``, its optimizer buffers under ``population_optimizer``,
+its data position, the process RNG). A population resumes from the newest step at which every
+member has a readable checkpoint, else from step 0 (deterministic either way).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from memexp import checkpoint as ckpt
+from memexp.batched.optim import HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
+from memexp.config import Precision, Resume
+from memexp.data import DATASETS, BatchIterator
+from memexp.errors import ConfigValueError
+from memexp.logging import LocalLogger, MultiLogger
+from memexp.logging.progress import ProgressReporter
+from memexp.models import MODELS
+from memexp.optim import param_groups_weight_decay
+from memexp.schedules import build_scheduler
+from memexp.signals import GracefulStop, Interrupted
+from memexp.tasks import TASKS
+from memexp.train import RunConfig, evaluate_gap, resolve_device
+
+OPTIMIZER_STATE_KEY = "population_optimizer"
+# Models whose forward is a pure function of their parameters (no buffers updated in training).
+BATCHED_MODELS = ("mlp", "cnn", "vit")
+LAUNCHER = "hydra/launcher=batched"
+
+
+def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
+    """Why this job cannot be trained in a population (one line naming the key), or None."""
+    optimizer, model, trainer = run_cfg.optimizer, run_cfg.model, run_cfg.trainer
+    checks: list[tuple[bool, str, Any, str]] = [
+        (
+            optimizer.name in HYPERPARAMETERS,
+            "optimizer.name",
+            optimizer.name,
+            f"one of {', '.join(HYPERPARAMETERS)} under {LAUNCHER} (the others are not batched yet)",
+        ),
+        (
+            not getattr(optimizer, "nesterov", False),
+            "optimizer.nesterov",
+            getattr(optimizer, "nesterov", False),
+            f"false under {LAUNCHER} (Nesterov momentum is not batched yet)",
+        ),
+        (
+            not getattr(optimizer, "amsgrad", False),
+            "optimizer.amsgrad",
+            getattr(optimizer, "amsgrad", False),
+            f"false under {LAUNCHER} (AMSGrad is not batched yet)",
+        ),
+        (
+            model.name in BATCHED_MODELS,
+            "model.name",
+            model.name,
+            f"one of {', '.join(BATCHED_MODELS)} under {LAUNCHER} (models with buffers are not batched yet)",
+        ),
+        (
+            not getattr(model, "batch_norm", False),
+            "model.batch_norm",
+            getattr(model, "batch_norm", False),
+            f"false under {LAUNCHER} (batch-norm running statistics are not batched yet)",
+        ),
+        (
+            run_cfg.metrics.every == 0,
+            "metrics.every",
+            run_cfg.metrics.every,
+            f"0 (metrics=none) under {LAUNCHER}: the geom/* metrics are not batched yet",
+        ),
+        (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
+        (not trainer.compile, "trainer.compile", trainer.compile, f"false under {LAUNCHER} (vmap is not compiled)"),
+        (
+            trainer.precision is Precision.fp32,
+            "trainer.precision",
+            trainer.precision.value,
+            f"fp32 under {LAUNCHER} (autocast is not batched yet)",
+        ),
+    ]
+    for ok, key, value, allowed in checks:
+        if not ok:
+            return ConfigValueError(key, value, allowed)
+    return None
+
+
+@dataclass
+class Member:
+    """One job of the population: its checked config, run dir and local log."""
+
+    run_cfg: RunConfig
+    run_dir: Path
+    key: str
+    cfg: DictConfig  # the job's full config (with its hydra node), for its W&B run at the end
+    summary: dict[str, Any] = field(default_factory=dict)
+    logger: MultiLogger | None = None
+    batches: BatchIterator | None = None
+    checkpoints: ckpt.CheckpointManager | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+    alive: bool = True
+
+
+class MemberModel(nn.Module):
+    """One member's parameters as an ordinary module (for memexp's evaluation)."""
+
+    def __init__(self, base: nn.Module, params: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.base = base
+        self.weights = params  # a plain attribute: the module owns no parameters of its own
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional_call(self.base, self.weights, (x,))
+
+
+def member_hyperparameters(members: list[Member]) -> dict[str, Tensor]:
+    name = members[0].run_cfg.optimizer.name
+    return {
+        key: torch.tensor([float(getattr(m.run_cfg.optimizer, key)) for m in members], dtype=torch.float64)
+        for key in HYPERPARAMETERS[name]
+    }
+
+
+def decayed_parameters(model: nn.Module, no_decay: list[str]) -> dict[str, bool]:
+    """Which parameters the single run puts in its weight-decayed group."""
+    groups = param_groups_weight_decay(model, 1.0, no_decay)
+    decayed_ids = {id(p) for group in groups if group["weight_decay"] > 0 for p in group["params"]}
+    return {name: id(p) in decayed_ids for name, p in model.named_parameters()}
+
+
+class Population:
+    def __init__(self, members: list[Member]) -> None:
+        self.members = members
+        first = members[0].run_cfg
+        self.trainer = first.trainer
+        self.device = resolve_device(first.trainer.device)
+        # The single run seeds before building the data; the data's builders draw from their own
+        # generators, so building it once for every member leaves each member's model init intact.
+        ckpt.seed_everything(first.seed)
+        self.data = DATASETS.build(first.data.name, first.data, self.device)
+        self.task = TASKS[self.data.spec.task]()
+        models = []
+        for member in members:
+            ckpt.seed_everything(member.run_cfg.seed)  # as memexp.train.build_run: seed, then build
+            models.append(MODELS.build(first.model.name, first.model, self.data.spec).to(self.device))
+            member.batches = self.data.train_iterator(self.trainer.batch_size, seed=member.run_cfg.seed)
+        stacked, buffers = stack_module_state(models)
+        if buffers:
+            raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
+        decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
+        # One flat tensor holds every parameter of every member: a contiguous [M, n] block per
+        # parameter (the decayed ones first), so the forward pass reads contiguous weights, the
+        # optimizer steps on the blocks (memexp/batched/optim.py) and a checkpoint slices a member out.
+        self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
+        self.shapes = {name: stacked[name].shape[1:] for name in self.names}
+        self.block_sizes = [stacked[name].numel() for name in self.names]
+        self.flat = torch.cat([stacked[name].detach().flatten() for name in self.names]).requires_grad_(True)
+        decayed_blocks = sum(decayed[name] for name in self.names)
+        self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
+        del models, stacked
+        self.optimizer = BatchedOptimizer(
+            first.optimizer.name, self.blocks(self.flat.detach()), decayed_blocks, member_hyperparameters(members)
+        )
+        self.base_lr = self.optimizer.hyper["lr"]
+        steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
+        self.max_steps = self.trainer.epochs * steps_per_epoch if self.trainer.epochs else self.trainer.max_steps
+        self.steps_per_epoch = steps_per_epoch
+        # The schedule is the single run's LambdaLR on a unit learning rate: lr = base lr × factor.
+        self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        self.scheduler = build_scheduler(self._unit, self.trainer, self.max_steps)
+        self._unit.step()  # no gradient, no update: only tells the scheduler its optimizer has stepped
+        self.eval_sets = self.data.eval_sets(self.trainer.eval_examples)
+        self.started = time.perf_counter()
+
+        def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(self.base, params, (x,))
+
+        self.forward: Callable[[dict[str, Tensor], Tensor], Tensor] = vmap(member_forward, randomness="different")
+
+    # ------------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def lr_factor(self) -> float:
+        return float(self._unit.param_groups[0]["lr"])
+
+    def member_lr(self, index: int) -> float:
+        return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
+
+    def blocks(self, flat: Tensor) -> list[Tensor]:
+        """``flat`` (the parameters) as one [M, n] view per parameter."""
+        return [block.view(len(self.members), -1) for block in flat.split(self.block_sizes)]
+
+    def stacked_params(self) -> dict[str, Tensor]:
+        """Every parameter as a [M, ...] view of the flat tensor (differentiable: one split)."""
+        views = self.flat.split(self.block_sizes)
+        return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
+
+    def member_params(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s parameters, as views of the flat tensor."""
+        views = self.flat.detach().split(self.block_sizes)
+        return {name: view.view(-1, *self.shapes[name])[index] for name, view in zip(self.names, views)}
+
+    def evaluate(self, index: int) -> dict[str, float]:
+        """memexp.train.evaluate_gap on member ``index`` (the same evaluation code as a single run)."""
+        run = SimpleNamespace(
+            forward=MemberModel(self.base, self.member_params(index)),
+            task=self.task,
+            eval_sets=self.eval_sets,
+            cfg=self.members[index].run_cfg,
+            data=self.data,
+            autocast=nullcontext,
+        )
+        with torch.no_grad():
+            return evaluate_gap(run)  # type: ignore[arg-type]
+
+    def member_state(self, index: int, step: int, wall_time_s: float) -> dict[str, Any]:
+        member = self.members[index]
+        return {
+            "step": step,
+            "wall_time_s": wall_time_s,
+            "model": {name: p.detach().clone() for name, p in self.member_params(index).items()},
+            OPTIMIZER_STATE_KEY: self.optimizer.member_state(index),
+            "scheduler": self.scheduler.state_dict(),
+            "data": member.batches.state_dict(),  # type: ignore[union-attr]
+            "rng": ckpt.rng_state(),
+            "alive": member.alive,
+            "population": [m.key for m in self.members],
+        }
+
+    def restore(self, states: list[dict[str, Any]]) -> int:
+        with torch.no_grad():
+            for index, (member, state) in enumerate(zip(self.members, states)):
+                params = self.member_params(index)
+                for name, tensor in state["model"].items():
+                    params[name].copy_(tensor)
+                self.optimizer.load_member_state(index, state[OPTIMIZER_STATE_KEY])
+                member.batches.load_state_dict(state["data"])  # type: ignore[union-attr]
+                member.alive = bool(state.get("alive", True))
+        self.scheduler.load_state_dict(states[0]["scheduler"])
+        ckpt.set_rng_state(states[0]["rng"])
+        return int(states[0]["step"])
+
+    def latest_common_checkpoint(self) -> list[dict[str, Any]] | None:
+        """Every member's checkpoint at the newest step all of them have (readable), or None."""
+        managers = [m.checkpoints for m in self.members]
+        common = set.intersection(*({step for step, _ in m.checkpoints()} for m in managers))  # type: ignore[union-attr]
+        for step in sorted(common, reverse=True):
+            states = []
+            for manager in managers:
+                try:
+                    state = ckpt.load(manager.path_for(step), self.device)  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001 - unreadable: try an older common step
+                    break
+                if state.get("step") != step or OPTIMIZER_STATE_KEY not in state:
+                    break
+                states.append(state)
+            if len(states) == len(managers):
+                return states
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    def train(self) -> list[dict[str, Any]]:
+        """The loop of memexp.train.train for every member at once. Returns the summaries."""
+        trainer = self.trainer
+        self.started = time.perf_counter()
+        for member in self.members:
+            member.checkpoints = ckpt.CheckpointManager(member.run_dir / "checkpoints", trainer.keep_checkpoints)
+        step = 0
+        resumed = self.latest_common_checkpoint() if trainer.resume is Resume.auto else None
+        if resumed is not None:
+            step = self.restore(resumed)
+            self.started -= resumed[0].get("wall_time_s", 0.0)  # wall time counts every attempt
+        for member in self.members:
+            member.logger = MultiLogger([LocalLogger(member.run_dir)])
+            member.logger.rewind(step)
+            if member.alive:
+                member.summary = {
+                    "status": "running",
+                    "step": step,
+                    "max_steps": self.max_steps,
+                    "run_dir": str(member.run_dir),
+                }
+                member.logger.summary(member.summary)
+            else:
+                member.summary = _read_summary(member.run_dir)
+        progress = ProgressReporter(self.max_steps, trainer.progress, start=step)
+        progress.message(f"population of {len(self.members)} members ({LAUNCHER})")
+        if resumed is not None:
+            progress.message(f"resumed from checkpoint at step {step}")
+
+        def save_checkpoints(step: int) -> None:
+            for index, member in enumerate(self.members):
+                member.checkpoints.save(self.member_state(index, step, self.elapsed()), step)  # type: ignore[union-attr]
+
+        loss_sum, loss_count = torch.zeros(len(self.members), device=self.device), 0
+        with GracefulStop() as stop:
+            try:
+                self.base.train()
+                while step < self.max_steps and any(m.alive for m in self.members):
+                    batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
+                    x = torch.stack([b[0] for b in batches])
+                    y = torch.stack([b[1] for b in batches])
+                    params = self.stacked_params()
+                    losses = member_losses(self.forward(params, x), y)
+                    # The members are independent: the gradient of their summed losses is each one's
+                    # own. Taken at the per-parameter views, which saves concatenating a flat gradient.
+                    grads = [
+                        g.reshape(len(self.members), -1)
+                        for g in torch.autograd.grad(losses.sum(), list(params.values()))
+                    ]
+                    if trainer.grad_clip > 0:
+                        clip_grad_norms_(grads, trainer.grad_clip)
+                    lr = self.base_lr * self.lr_factor()
+                    frozen = [i for i, m in enumerate(self.members) if not m.alive]
+                    self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+                    self.scheduler.step()
+                    step += 1
+                    loss_sum += losses.detach()
+                    loss_count += 1
+                    if step % trainer.log_every == 0 or step == self.max_steps:
+                        batch_losses = (loss_sum / loss_count).tolist()
+                        loss_sum.zero_()
+                        loss_count = 0
+                        self.log_step(step, batch_losses, progress)
+                    if trainer.eval_every and step % trainer.eval_every == 0 and step < self.max_steps:
+                        for index, member in enumerate(self.members):
+                            if member.alive:
+                                member.last_eval = self.evaluate(index)
+                                member.logger.log(member.last_eval, step)  # type: ignore[union-attr]
+                    if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and step < self.max_steps:
+                        save_checkpoints(step)
+                    if stop.pending is not None and step < self.max_steps:
+                        save_checkpoints(step)
+                        for member in self.members:
+                            if member.alive:
+                                member.summary.update(step=step, stopped_by=stop.name, wall_time_s=self.elapsed())
+                                member.logger.summary(member.summary)  # type: ignore[union-attr]
+                        progress.message(f"{stop.name} at step {step}: checkpoints saved")
+                        stop.forward()
+                for index, member in enumerate(self.members):
+                    if member.alive:
+                        self.finish_member(index, step, "running")
+                        if member.summary["status"] == "finished":
+                            member.checkpoints.save(self.member_state(index, step, self.elapsed()), step)  # type: ignore[union-attr]
+            except BaseException as error:
+                if not (stop.forwarding or isinstance(error, Interrupted)):
+                    for member in self.members:
+                        if member.alive:
+                            member.summary.update(
+                                status="failed",
+                                step=step,
+                                error=f"{type(error).__name__}: {error}",
+                                wall_time_s=self.elapsed(),
+                            )
+                            member.logger.summary(member.summary)  # type: ignore[union-attr]
+                raise
+            finally:
+                progress.close()
+                for member in self.members:
+                    member.logger.close()  # type: ignore[union-attr]
+        return [m.summary for m in self.members]
+
+    def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
+        epoch = step / self.steps_per_epoch
+        for index, member in enumerate(self.members):
+            if not member.alive:
+                continue
+            lr = self.member_lr(index)
+            member.logger.log({"train/batch_loss": batch_losses[index], "lr": lr, "epoch": epoch}, step)  # type: ignore[union-attr]
+            if not math.isfinite(batch_losses[index]):
+                progress.message(
+                    f"member {index} ({member.run_dir}): non-finite training loss ({batch_losses[index]}) "
+                    f"at step {step}: it stops (diverged); the others go on"
+                )
+                self.finish_member(index, step, "diverged")
+        alive = [loss for loss, m in zip(batch_losses, self.members) if m.alive]
+        progress.update(step, sum(alive) / len(alive) if alive else float("nan"), self.member_lr(0))
+
+    def finish_member(self, index: int, step: int, status: str) -> None:
+        """The end of memexp.train.train for one member: final evaluation, status, summary."""
+        member = self.members[index]
+        member.last_eval = self.evaluate(index)
+        member.logger.log(member.last_eval, step)  # type: ignore[union-attr]
+        if status == "running":
+            status = "finished" if all(math.isfinite(v) for v in member.last_eval.values()) else "diverged"
+        member.summary.update(
+            status=status,
+            step=step,
+            wall_time_s=self.elapsed(),
+            lr=self.member_lr(index),
+            **member.last_eval,
+        )
+        member.summary.pop("stopped_by", None)
+        member.logger.summary(member.summary)  # type: ignore[union-attr]
+        member.alive = False
+
+
+def member_losses(output: Tensor, target: Tensor) -> Tensor:
+    """Each member's training loss, [M], from its outputs [M, ..., classes] and targets [M, ...]: the
+    mean cross-entropy over its predictions, as memexp.tasks' classification and language-modelling
+    losses. Computed outside vmap: under vmap, cross_entropy runs a Python decomposition."""
+    members = output.shape[0]
+    losses = F.cross_entropy(output.float().flatten(0, -2), target.flatten(), reduction="none")
+    return losses.view(members, -1).mean(dim=1)
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    from memexp.rundir import read_summary
+
+    return read_summary(run_dir)[0] or {}

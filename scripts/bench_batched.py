@@ -1,0 +1,143 @@
+"""Cost of a 16-member population (hydra/launcher=batched) against one ordinary run.
+
+For each model, one run (memexp.train.build_run + train, the basic launcher's path without Hydra's
+start-up) and one population of ``--members`` jobs of the same sweep (seeds 0..N-1, two learning
+rates) train the same config in this process, alternating ``--rounds`` times so machine noise hits
+both alike; the medians give ``ratio_vs_one_run`` = population wall time / one run's. Both write
+their local logs (metrics.jsonl, summary.json) to a temporary directory, evaluate every
+``trainer.eval_every`` steps and checkpoint at the end, as a real job does.
+
+``rss_ratio_vs_one_run`` (MLP): peak resident memory of a process training the population over
+one training a single run (each in a fresh subprocess; the import of torch is part of both).
+
+Goals (issue 14, 2 CPU cores): MLP <= 3x (600 steps), CNN and tiny ViT <= 8x, MLP memory <= 4x.
+
+    python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from memexp.batched.population import Member, Population
+from memexp.config import Progress
+from memexp.logging import LocalLogger
+from memexp.logging.progress import ProgressReporter
+from memexp.plan import compose_jobs
+from memexp.sweep import job_key
+from memexp.train import build_run, check_config, train
+
+COMMON = ["logger=none", "metrics=none", "trainer.progress=off"]
+
+
+def sweep_configs(model_overrides: list[str], members: int) -> list:
+    """The jobs of ``train -m seed=range(members/2) optimizer.lr=<two values> <model>``."""
+    seeds = f"seed=range({(members + 1) // 2})"
+    _, jobs = compose_jobs([*COMMON, *model_overrides, seeds, "optimizer.lr=0.05,0.1"])
+    return [cfg for _, cfg in jobs][:members]
+
+
+def time_single(cfg, root: Path) -> float:
+    run_dir = Path(tempfile.mkdtemp(dir=root))
+    started = time.perf_counter()
+    run = build_run(check_config(cfg))
+    train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
+    return time.perf_counter() - started
+
+
+def time_population(configs: list, root: Path) -> float:
+    started = time.perf_counter()
+    members = []
+    for cfg in configs:
+        run_dir = Path(tempfile.mkdtemp(dir=root))
+        members.append(Member(run_cfg=check_config(cfg), run_dir=run_dir, key=job_key(cfg), cfg=cfg))
+    summaries = Population(members).train()
+    assert all(s["status"] in ("finished", "diverged") for s in summaries), summaries
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(which: str, members: int, threads: int) -> float:
+    """Peak RSS (MiB) of a fresh process that trains the MLP once or as a population."""
+    command = [sys.executable, __file__, "--members", str(members), "--threads", str(threads), "--rss-probe", which]
+    return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
+
+
+def rss_probe(which: str, members: int) -> None:
+    configs = sweep_configs(["model=mlp"], members)
+    with tempfile.TemporaryDirectory() as tmp:
+        time_single(configs[0], Path(tmp)) if which == "single" else time_population(configs, Path(tmp))
+    print(peak_rss_of_this_process_mib())
+
+
+def peak_rss_of_this_process_mib() -> float:
+    """VmHWM: this process's own peak (getrusage's ru_maxrss keeps the parent's across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cnn-steps", type=int, default=600)
+    parser.add_argument("--vit-steps", type=int, default=10, help="the tiny ViT (5.3M parameters) is compute-bound")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine, 2 threads spin-wait)"
+    )
+    parser.add_argument("--models", default="mlp,cnn,vit_tiny", help="comma-separated subset to measure")
+    parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.rss_probe:
+        rss_probe(args.rss_probe, args.members)
+        return
+    models = {
+        "mlp": ["model=mlp"],  # the default run: 600 steps
+        "cnn": ["model=cnn", f"trainer.max_steps={args.cnn_steps}"],
+        "vit_tiny": ["model=vit_tiny", f"trainer.max_steps={args.vit_steps}", f"trainer.eval_every={args.vit_steps}"],
+    }
+    results: dict[str, dict[str, float | int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in args.models.split(","):
+            overrides = models[name]
+            configs = sweep_configs(overrides, args.members)
+            # Untimed warm-up of both paths (lazy imports, allocator, kernels' first calls).
+            warm = sweep_configs([*overrides, "trainer.max_steps=3", "trainer.eval_every=3"], args.members)
+            time_single(warm[0], root), time_population(warm, root)
+            single, population = [], []
+            for _ in range(args.rounds if name != "vit_tiny" else 1):
+                single.append(time_single(configs[0], root))
+                population.append(time_population(configs, root))
+            one, many = statistics.median(single), statistics.median(population)
+            results[name] = {
+                "steps": configs[0].trainer.max_steps,
+                "one_run_s": round(one, 3),
+                "population_s": round(many, 3),
+                "ratio_vs_one_run": round(many / one, 2),
+                "throughput_vs_separate_runs": round(args.members * one / many, 2),
+            }
+    single_rss = peak_rss_mb("single", args.members, args.threads)
+    population_rss = peak_rss_mb("population", args.members, args.threads)
+    results.setdefault("mlp", {}).update(
+        single_peak_rss_mib=round(single_rss, 1),
+        population_peak_rss_mib=round(population_rss, 1),
+        rss_ratio_vs_one_run=round(population_rss / single_rss, 2),
+    )
+    report = {"members": args.members, "threads": torch.get_num_threads(), "models": results}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

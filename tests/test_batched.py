@@ -1,0 +1,239 @@
+"""hydra/launcher=batched: members follow their single runs, the launcher behaves like Hydra's
+basic one (run dirs, job keys, reuse), refusals are one line, a killed population resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from memexp import sweep
+from memexp.batched.optim import BatchedOptimizer
+from memexp.batched.population import Member, Population
+from memexp.config import Progress
+from memexp.logging import LocalLogger, read_metrics
+from memexp.logging.progress import ProgressReporter
+from memexp.train import build_run, check_config, train
+from tests.conftest import memexp_env, run_memexp
+
+Compose = Callable[[list[str]], DictConfig]
+TRAINER = ["trainer.max_steps=100", "trainer.log_every=1", "trainer.eval_every=0", "logger=none", "metrics=none"]
+# Three members per optimizer: different seeds and different per-member hyperparameters.
+MEMBERS = {
+    "sgd": [
+        ["seed=0", "optimizer.lr=0.05"],
+        ["seed=1", "optimizer.lr=0.1", "optimizer.momentum=0.5", "optimizer.weight_decay=1e-3"],
+        ["seed=2", "optimizer.lr=0.02", "optimizer.momentum=0.0"],
+    ],
+    "adamw": [
+        ["seed=0", "optimizer.lr=1e-3"],
+        ["seed=1", "optimizer.lr=3e-3", "optimizer.weight_decay=0.1", "optimizer.beta2=0.99"],
+        ["seed=2", "optimizer.lr=5e-4", "optimizer.weight_decay=0.0", "optimizer.beta1=0.8"],
+    ],
+    "lion": [
+        ["seed=0", "optimizer.lr=1e-4"],
+        ["seed=1", "optimizer.lr=3e-4", "optimizer.weight_decay=0.1", "optimizer.beta1=0.95"],
+        ["seed=2", "optimizer.lr=2e-4", "optimizer.beta2=0.98"],
+    ],
+}
+# The CNN runs a cosine schedule with warmup and gradient clipping (per member) on top.
+MODELS = {
+    "mlp": ["model=mlp"],
+    "cnn": ["model=cnn", "trainer.lr_schedule=cosine", "trainer.warmup_steps=10", "trainer.grad_clip=1.0"],
+}
+
+
+def make_member(cfg: DictConfig, run_dir: Path) -> Member:
+    run_dir.mkdir(parents=True)
+    return Member(run_cfg=check_config(cfg), run_dir=run_dir, key=sweep.job_key(cfg), cfg=cfg)
+
+
+def single_run(cfg: DictConfig, run_dir: Path) -> tuple[list[float], dict]:
+    run_dir.mkdir(parents=True)
+    run = build_run(check_config(cfg))
+    summary = train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
+    return batch_losses(run_dir), summary
+
+
+def batch_losses(run_dir: Path) -> list[float]:
+    return [e["train/batch_loss"] for e in read_metrics(run_dir / "metrics.jsonl") if "train/batch_loss" in e]
+
+
+def relative_error(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
+def held_out_losses(summary: dict) -> dict[str, float]:
+    """The final loss of every evaluation split but the training subset (and the gap)."""
+    return {k: v for k, v in summary.items() if k.endswith("/loss") and k.split("/")[0] not in ("train", "gap")}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("optimizer", list(MEMBERS))
+def test_each_member_follows_its_single_run(
+    optimizer: str, model: str, compose: Compose, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.set_num_threads(1)
+    configs = [compose([f"optimizer={optimizer}", *MODELS[model], *TRAINER, *m]) for m in MEMBERS[optimizer]]
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    # Initial weights: exactly what memexp.train.build_run gives each seed.
+    for index, cfg in enumerate(configs):
+        for name, param in build_run(check_config(cfg)).model.named_parameters():
+            assert torch.equal(population.member_params(index)[name], param), (index, name)
+    summaries = population.train()
+    worst_loss, worst_final = 0.0, 0.0
+    for index, cfg in enumerate(configs):
+        expected_losses, expected = single_run(cfg, tmp_path / f"single{index}")
+        losses = batch_losses(tmp_path / f"member{index}")
+        assert len(losses) == len(expected_losses) == 100
+        worst_loss = max(worst_loss, *(relative_error(a, b) for a, b in zip(losses[:50], expected_losses[:50])))
+        assert summaries[index]["status"] == expected["status"] == "finished"
+        assert summaries[index]["step"] == expected["step"] == 100
+        assert summaries[index]["lr"] == pytest.approx(expected["lr"], rel=1e-12, abs=1e-15)
+        final = held_out_losses(expected)
+        assert final and held_out_losses(summaries[index]).keys() == final.keys()
+        worst_final = max(worst_final, *(relative_error(summaries[index][k], v) for k, v in final.items()))
+    with capsys.disabled():
+        print(f"\n{optimizer}/{model}: first 50 losses max rel err {worst_loss:.2e}, final held-out {worst_final:.2e}")
+    assert worst_loss <= 1e-4
+    assert worst_final <= 1e-3
+
+
+def test_a_diverging_member_stops_and_the_others_go_on(compose: Compose, tmp_path: Path) -> None:
+    common = ["optimizer=sgd", "trainer=quick", "trainer.log_every=1", "logger=none", "metrics=none"]
+    configs = [compose([*common, "optimizer.lr=0.05"]), compose([*common, "optimizer.lr=1e12"])]
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    sane, diverged = population.train()
+    assert diverged["status"] == "diverged" and diverged["step"] < 20
+    assert sane["status"] == "finished" and sane["step"] == 20
+    # Frozen from its divergence on: nothing logged after it, its parameters untouched since.
+    assert read_metrics(tmp_path / "member1" / "metrics.jsonl")[-1]["step"] == diverged["step"]
+    expected_losses, expected = single_run(configs[0], tmp_path / "single")
+    assert batch_losses(tmp_path / "member0") == pytest.approx(expected_losses, rel=1e-4)
+
+
+def test_optimizer_freezes_the_listed_members() -> None:
+    decayed, not_decayed = torch.ones(3, 1), torch.ones(3, 1)
+    hyper = {k: torch.full((3,), v, dtype=torch.float64) for k, v in (("lr", 0.5), ("beta1", 0.9), ("beta2", 0.99))}
+    hyper["weight_decay"] = torch.tensor([0.0, 0.0, 0.2], dtype=torch.float64)
+    optimizer = BatchedOptimizer("lion", [decayed, not_decayed], 1, hyper)
+    optimizer.step([torch.ones(3, 1), -torch.ones(3, 1)], hyper["lr"], frozen=torch.tensor([1]))
+    # Lion's first step: c = (1 - β1)·g, x ← x·(1 − η·λ) − η·sign(c); only member 2 decays, and only
+    # the decayed block; member 1 is frozen.
+    assert decayed.flatten().tolist() == pytest.approx([0.5, 1.0, 0.9 - 0.5], rel=1e-7)
+    assert not_decayed.flatten().tolist() == [1.5, 1.0, 1.5]
+
+
+def test_jobs_share_a_population_when_only_batchable_keys_differ(compose: Compose) -> None:
+    from memexp.batched.launcher import plan_populations
+
+    overrides = [
+        ["optimizer=adamw", "seed=0"],
+        ["optimizer=adamw", "seed=1", "optimizer.lr=3e-3", "optimizer.beta2=0.99", "logger=none"],
+        ["optimizer=adamw", "seed=2", "model.hidden_sizes=[64]"],  # other shapes
+        ["optimizer=lion", "seed=0"],  # another optimizer
+        ["optimizer=adamw", "seed=3", "trainer.max_steps=7"],  # another loop
+        ["optimizer=adamw", "seed=4", "optimizer.weight_decay=0.5"],
+    ]
+    configs = [compose(o) for o in overrides]
+    assert plan_populations(configs, 16) == [[0, 1, 5], [2], [3], [4]]
+    assert plan_populations(configs, 2) == [[0, 1], [5], [2], [3], [4]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The launcher, as users run it.
+
+SWEEP = ["train", "-m", "hydra/launcher=batched", "trainer=quick", "logger=none", "metrics=none"]
+
+
+def test_launcher_runs_populations_with_ordinary_run_dirs_and_reuses_finished_jobs(tmp_path: Path) -> None:
+    args = [*SWEEP, "optimizer=sgd", "seed=0,1", "optimizer.lr=0.05,0.1", "model.hidden_sizes=[32],[16]"]
+    first = run_memexp(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "8 jobs in 2 populations of up to 16" in first.stdout
+    [sweep_dir] = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    from memexp.plan import compose_jobs
+
+    _, jobs = compose_jobs(args[2:])
+    for index, (_, cfg) in enumerate(jobs):
+        job_dir = sweep_dir / str(index)
+        summary = json.loads((job_dir / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["step"] == 20, index
+        assert (job_dir / "job_key.txt").read_text().strip() == sweep.job_key(cfg)
+        assert (job_dir / ".hydra" / "overrides.yaml").is_file() and (job_dir / "checkpoints").is_dir()
+        assert [e["step"] for e in read_metrics(job_dir / "metrics.jsonl") if "train/batch_loss" in e] == [
+            5,
+            10,
+            15,
+            20,
+        ]
+    time.sleep(1.1)  # a new sweep dir (one-second resolution)
+    second = run_memexp(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("already finished") == 8
+    second_dir = max((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    reused = json.loads((second_dir / "3" / "summary.json").read_text())
+    assert reused["reused_from"] == str(sweep_dir / "3")
+
+
+def test_launcher_refuses_what_it_cannot_batch_in_one_line(tmp_path: Path) -> None:
+    result = run_memexp(*SWEEP, "optimizer=am_sgd", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: optimizer.name='am_sgd' is not allowed: one of sgd, adamw, lion")
+    assert not (tmp_path / "outputs").exists()
+
+
+KILL_SWEEP = [
+    *SWEEP,
+    "optimizer=adamw",
+    "seed=0,1,2",
+    "trainer.max_steps=1000",
+    "trainer.log_every=10",
+    "trainer.eval_every=500",
+    "trainer.checkpoint_every=100",
+    "trainer.progress=plain",
+]
+RESULT_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "step", "status")
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_population(tmp_path: Path) -> None:
+    env = memexp_env(tmp_path)
+    env["OMP_NUM_THREADS"] = "1"
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    killed.mkdir(), reference.mkdir()
+    command = [str(Path(sys.executable).parent / "memexp"), *KILL_SWEEP, "hydra.sweep.dir=sweep"]
+    process = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = killed / "sweep" / "2" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 30) and process.poll() is None:
+        assert time.monotonic() < deadline, "the population never reached step 300"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the population ended before the kill"
+    assert json.loads((killed / "sweep" / "0" / "summary.json").read_text())["status"] == "running"
+
+    resumed = run_memexp(*KILL_SWEEP, "hydra.sweep.dir=sweep", cwd=killed, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoint at step" in resumed.stdout
+    uninterrupted = run_memexp(*KILL_SWEEP, "hydra.sweep.dir=sweep", cwd=reference, env=env)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    for job in ("0", "1", "2"):
+        after = json.loads((killed / "sweep" / job / "summary.json").read_text())
+        expected = json.loads((reference / "sweep" / job / "summary.json").read_text())
+        assert {k: after[k] for k in RESULT_KEYS} == {k: expected[k] for k in RESULT_KEYS}, job
+        events, reference_events = (read_metrics(d / "sweep" / job / "metrics.jsonl") for d in (killed, reference))
+        assert [e["step"] for e in events] == [e["step"] for e in reference_events]
+        assert [e.get("train/batch_loss") for e in events] == [e.get("train/batch_loss") for e in reference_events]
+        assert all(math.isfinite(e.get("train/batch_loss", 0.0)) for e in events)
