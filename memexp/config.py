@@ -328,6 +328,8 @@ def register_plugins() -> None:
     (``pip install -e .`` maps packages through an import hook), so the scan alone would miss them."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.memexp_batched_launcher.batched_launcher import BatchedLauncher
     from hydra_plugins.memexp_tune import TuneSweeper
 
-    Plugins.instance().register(TuneSweeper)
+    for plugin in (TuneSweeper, BatchedLauncher):
+        Plugins.instance().register(plugin)

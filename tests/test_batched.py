@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from memexp import sweep
+from memexp import rundir
 from memexp.batched.optim import BatchedOptimizer
 from memexp.batched.population import Member, Population
 from memexp.config import Progress
@@ -55,7 +55,7 @@ MODELS = {
 
 def make_member(cfg: DictConfig, run_dir: Path) -> Member:
     run_dir.mkdir(parents=True)
-    return Member(run_cfg=check_config(cfg), run_dir=run_dir, key=sweep.job_key(cfg), cfg=cfg)
+    return Member(run_cfg=check_config(cfg), run_dir=run_dir, key=rundir.job_key(cfg), cfg=cfg)
 
 
 def single_run(cfg: DictConfig, run_dir: Path) -> tuple[list[float], dict]:
@@ -162,14 +162,12 @@ def test_launcher_runs_populations_with_ordinary_run_dirs_and_reuses_finished_jo
     assert first.returncode == 0, first.stderr
     assert "8 jobs in 2 populations of up to 16" in first.stdout
     [sweep_dir] = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
-    from memexp.plan import compose_jobs
-
-    _, jobs = compose_jobs(args[2:])
-    for index, (_, cfg) in enumerate(jobs):
+    for index, job in enumerate(rundir.compose_sweep(args[2:]).jobs):
+        cfg = job.config
         job_dir = sweep_dir / str(index)
         summary = json.loads((job_dir / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["step"] == 20, index
-        assert (job_dir / "job_key.txt").read_text().strip() == sweep.job_key(cfg)
+        assert (job_dir / "job_key.txt").read_text().strip() == rundir.job_key(cfg)
         assert (job_dir / ".hydra" / "overrides.yaml").is_file() and (job_dir / "checkpoints").is_dir()
         assert [e["step"] for e in read_metrics(job_dir / "metrics.jsonl") if "train/batch_loss" in e] == [
             5,
