@@ -406,7 +406,9 @@ def r_med_metrics(
         out["geom/r_med_probes"] = float(cfg.hutchinson_probes)
     if method is RMedMethod.subset:
         out["geom/r_med_subset_size"] = float(cfg.r_med_subset_size)
-    out["geom/r_med_hvp_count"] = float(operator.matvecs - products_before)
+    # Products spent on R_med, the shared probes included (the Hessian trace reuses them).
+    shared = hutch.probes if method is RMedMethod.hutchinson and hutch is not None else 0
+    out["geom/r_med_hvp_count"] = float(operator.matvecs - products_before + shared)
     if errors:
         out["geom/r_med_diag_error"] = max(errors)
     return out
