@@ -19,6 +19,7 @@ PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
     "memory_vs_memoryless": (18, ["optimizer=adamw_memoryless"], {"geom/correction", "gap/loss"}),
     "rmed_adam_vs_sgd": (6, ["optimizer=adamw"], {"geom/r_med", "gap/loss", "gap/ppl_ratio"}),
     "adaptive_memory": (12, ["optimizer=am_sgd"], {"geom/am_beta", "gap/acc"}),
+    "lion_k_kernels": (6, ["optimizer.kernel=softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/acc"}),
 }
 
 
