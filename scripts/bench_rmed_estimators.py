@@ -1,7 +1,8 @@
 """How accurate is each R_med estimator? Against the exact Hessian diagonal, on the rmed preset's
 tiny GPT at a trained checkpoint (docs/rmed.md). Prints one JSON object.
 
-    python scripts/bench_rmed_estimators.py [--steps 200] [--tensors a,b,...|all] [--threads 2]
+    python scripts/bench_rmed_estimators.py [--steps 200] [--tensors a,b,...|all] [--threads 2] > rmed.json
+    python scripts/bench_rmed_estimators.py --markdown rmed.json     # the table in docs/rmed.md
 
 1. Trains ``experiment=rmed_adam_vs_sgd size=tiny optimizer=adamw`` for ``--steps`` steps (the
    preset's tiny length is 200) with metrics off, and takes the probe batch the metrics would use
@@ -160,6 +161,40 @@ def bootstrap_interval(contributions: Tensor, estimate: float, cfg: Any) -> tupl
     return curvature.basic_bootstrap_interval(estimate, replicates, cfg.r_med_confidence)
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The docs/rmed.md table: one line per estimator setting (subset rows: over the subset seeds,
+    the median and the worst of each error)."""
+    lines = [
+        "| estimator | setting | products (these tensors) | s (these tensors) | products (whole model) "
+        "| s (whole model) | rel. error per tensor, median / max | rel. error of the median over tensors "
+        "| interval covers |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    exact = result["exact"]
+    lines.append(
+        f"| exact | | {exact['products']} | {exact['seconds']:.0f} | {exact['model_products']} "
+        f"| {exact['model_seconds']:.0f} | 0 / 0 | 0 | |"
+    )
+    rows = result["rows"]
+    settings = list(dict.fromkeys((row["method"], row.get("probes", row.get("subset_size"))) for row in rows))
+    for method, value in settings:
+        group = [row for row in rows if (row["method"], row.get("probes", row.get("subset_size"))) == (method, value)]
+        first = group[0]
+        setting = f"{value} probes" if "probes" in first else f"{value} entries/tensor, {len(group)} seeds"
+        typical = statistics.median(row["rel_error_per_tensor_median"] for row in group)
+        worst = max(row["rel_error_per_tensor_max"] for row in group)
+        summary = [row["rel_error_summary"] for row in group if "rel_error_summary" in row]
+        summary_text = "" if not summary else f"{statistics.median(summary):.1%}"
+        if len(summary) > 1:
+            summary_text += f" (max {max(summary):.1%})"
+        covers = f"{first['interval_covers']:.0%}" if "interval_covers" in first else ""
+        lines.append(
+            f"| {method} | {setting} | {first['products']} | {first['seconds']:.0f} | {first['model_products']} "
+            f"| {first['model_seconds']:.0f} | {typical:.1%} / {worst:.1%} | {summary_text} | {covers} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200, help="training steps before measuring (preset tiny: 200)")
@@ -169,8 +204,12 @@ def main() -> None:
     parser.add_argument("--subset-sizes", default="32,128,512")
     parser.add_argument("--subset-seeds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--markdown", metavar="JSON", help="print the docs table of a saved result and exit")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the run")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(Path(args.markdown).read_text())))
+        return
     torch.set_num_threads(args.threads)
 
     from memexp.metrics import curvature
