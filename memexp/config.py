@@ -190,8 +190,11 @@ class MetricsConfig:
     sharpness_iters: int = 20  # product budget of the top-eigenvalue solver
     sharpness_tol: float = 1e-3  # relative residual at which it stops early
     # R_med per tensor (docs/rmed.md). The median over weight tensors (geom/r_med) is memexp's summary.
-    r_med_method: RMedMethod = RMedMethod.hutchinson
+    # exact: the only estimator within 10% on the tiny GPT (docs/rmed.md); bound its cost with
+    # r_med_at_steps and r_med_tensors.
+    r_med_method: RMedMethod = RMedMethod.exact
     r_med_at_steps: list[int] = field(default_factory=list)  # R_med only at these steps ([]: every metrics pass)
+    r_med_tensors: list[str] = field(default_factory=list)  # glob patterns of parameter names ([]: all tensors)
     r_med_subset_size: int = 128  # subset: coordinates per tensor (all of a smaller tensor)
     r_med_bootstrap: int = 200  # hutchinson*: bootstrap resamples for the interval (0: none)
     r_med_bootstrap_groups: int = 20  # ... over this many groups of probes (memory: one diagonal per group)

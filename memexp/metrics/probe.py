@@ -7,6 +7,7 @@ chosen once, the weights before a metrics step (for the update-to-weight ratio).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import time
 import warnings
@@ -32,6 +33,8 @@ from memexp.metrics.optimizer_family import (
     steps_taken,
 )
 
+# An exact R_med pass over more parameters than this is worth a warning (~1 h on 2 CPU cores).
+EXACT_PRODUCTS_WARNING = 100_000
 CURVATURE_METRICS = ("sharpness", "sharpness_precond", "hessian_trace", "correction_ratio", "r_med")
 
 
@@ -349,7 +352,7 @@ def r_med_metrics(
         start, stop = offset, offset + param.numel()
         offset = stop
         size = stop - start
-        if size < 2:
+        if size < 2 or not chosen_tensor(name, cfg.r_med_tensors):
             continue
         is_weight[name] = param.ndim >= 2
         small = size <= min(cfg.exact_diag_max_numel, budget)
@@ -412,6 +415,11 @@ def r_med_metrics(
     if errors:
         out["geom/r_med_diag_error"] = max(errors)
     return out
+
+
+def chosen_tensor(name: str, patterns: list[str]) -> bool:
+    """Whether ``metrics.r_med_tensors`` (glob patterns; [] = every tensor) selects this parameter."""
+    return not patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def tensor_hutchinson(
@@ -481,6 +489,25 @@ class GeometryProbe:
         require(
             not late, "metrics.r_med_at_steps", cfg.r_med_at_steps, f"steps in [1, {max_steps}] (trainer's last step)"
         )
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
+        require(
+            any(chosen_tensor(name, cfg.r_med_tensors) for name in names),
+            "metrics.r_med_tensors",
+            cfg.r_med_tensors,
+            f"glob patterns matching parameter names, e.g. {names[:3]}",
+        )
+        if "r_med" in cfg.metrics() and cfg.r_med_method is RMedMethod.exact:
+            products = sum(
+                p.numel()
+                for n, p in model.named_parameters()
+                if p.requires_grad and chosen_tensor(n, cfg.r_med_tensors)
+            )
+            if products > EXACT_PRODUCTS_WARNING:
+                warnings.warn(
+                    f"metrics.r_med_method=exact costs {products:,} Hessian-vector products per R_med pass; "
+                    "bound it with metrics.r_med_at_steps and metrics.r_med_tensors (docs/rmed.md)",
+                    stacklevel=2,
+                )
         hutchinson_r_med = cfg.r_med_method in (RMedMethod.hutchinson, RMedMethod.hutchinson_per_tensor)
         if "r_med" in cfg.metrics() and hutchinson_r_med and cfg.hutchinson_probes < 100:
             warnings.warn(

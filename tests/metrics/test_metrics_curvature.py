@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memexp.config import MetricsConfig, MetricsTier
+from memexp.config import MetricsConfig, MetricsTier, RMedMethod
 from memexp.errors import ConfigValueError
 from memexp.metrics import compute_metrics, curvature
 from memexp.metrics.block_hvp import HessianOperator, ProbeLoss
@@ -181,9 +181,6 @@ class SeparableQuadratic(torch.nn.Module):
 
 
 def test_r_med_per_tensor_exact_and_hutchinson_paths_and_the_weight_tensor_median() -> None:
-    from memexp.config import MetricsConfig, MetricsTier
-    from memexp.metrics import compute_metrics
-
     d = torch.tensor([1.0, -3.0, 2.0, 0.5, 4.0], dtype=torch.float64)  # |.| sorted 0.5 1 2 3 4: R = 4/2
     e = torch.arange(1.0, 41.0, dtype=torch.float64).reshape(5, 8)  # 1..40: R = 40 / 20.5
     model = SeparableQuadratic(d, e)
@@ -195,6 +192,7 @@ def test_r_med_per_tensor_exact_and_hutchinson_paths_and_the_weight_tensor_media
         hutchinson_probes=6,
         exact_diag_max_numel=5,
         exact_diag_budget=64,
+        r_med_method=RMedMethod.hutchinson,
     )
     out = compute_metrics(model, mean_output, quadratic_batch(), optimizer, cfg)
     assert out["geom/r_med/a"] == pytest.approx(2.0)  # exact diagonal (5 entries)
@@ -208,14 +206,19 @@ def test_r_med_per_tensor_exact_and_hutchinson_paths_and_the_weight_tensor_media
         mean_output,
         quadratic_batch(),
         optimizer,
-        MetricsConfig(every=1, include=["r_med"], hutchinson_probes=6, exact_diag_max_numel=5, exact_diag_budget=4),
+        MetricsConfig(
+            every=1,
+            include=["r_med"],
+            hutchinson_probes=6,
+            exact_diag_max_numel=5,
+            exact_diag_budget=4,
+            r_med_method=RMedMethod.hutchinson,
+        ),
     )
     assert over_budget["geom/hvp_count"] == 6 and "geom/r_med_diag_error" not in over_budget
 
 
 def rmed_config(method: str, **overrides: object) -> MetricsConfig:
-    from memexp.config import RMedMethod
-
     fields: dict[str, object] = dict(
         every=1, tier=MetricsTier.economy, include=["r_med"], exact_diag_max_numel=0, r_med_method=RMedMethod(method)
     )
@@ -332,3 +335,16 @@ def test_r_med_only_at_the_chosen_steps_which_are_always_due() -> None:
         )
     with pytest.raises(ConfigValueError, match="r_med_at_steps"):
         rmed_config("exact", every=0, r_med_at_steps=[5]).check()
+
+
+def test_r_med_tensors_restricts_the_tensors_and_the_cost() -> None:
+    from memexp.metrics import GeometryProbe
+
+    model, (x, y) = tiny_net(), tiny_data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = compute_metrics(model, F.cross_entropy, (x, y), optimizer, rmed_config("exact", r_med_tensors=["*.bias"]))
+    assert {key for key in out if key.startswith("geom/r_med/")} == {"geom/r_med/0.bias", "geom/r_med/2.bias"}
+    assert out["geom/r_med_hvp_count"] == 4 + 3
+    assert "geom/r_med" in out  # no weight tensor chosen: the median over the chosen ones
+    with pytest.raises(ConfigValueError, match="r_med_tensors"):
+        GeometryProbe(rmed_config("exact", r_med_tensors=["nope*"]), model, F.cross_entropy, optimizer, (x, y), 10)
