@@ -86,8 +86,8 @@ class Regression(Task):
     def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
         return {"loss": loss}
 
-    def gap(self, train: dict[str, float], val: dict[str, float]) -> dict[str, float]:
-        return {"loss": val["loss"] - train["loss"]}
+    def gap(self, train: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+        return {"loss": test["loss"] - train["loss"]}
 
 
 TASKS: dict[str, Callable[[], Task]] = {

@@ -43,13 +43,16 @@ class SyntheticRegression(DataBundle):
         return TensorBatchIterator(*self.splits["train"], batch_size=batch_size, seed=seed)
 
     def eval_sets(self, max_examples: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-        """``train``: the first n training examples (a fixed subset: the draws are i.i.d.), ``val``
-        and ``test``: the first n of their own draws, n = the smallest split (capped by
-        ``max_examples`` > 0), so every set has the same size."""
-        n = min(x.shape[0] for x, _ in self.splits.values())
-        if max_examples > 0:
-            n = min(n, max_examples)
-        return {split: (x[:n], y[:n]) for split, (x, y) in self.splits.items()}
+        """``train``: the first n training examples (a fixed subset: the draws are i.i.d.) and
+        ``test``: the first n test examples, n = the smaller of the two splits, so the gap compares
+        equally sized sets; ``val``: the whole validation draw. ``max_examples > 0`` caps every set."""
+
+        def cap(n: int) -> int:
+            return min(n, max_examples) if max_examples > 0 else n
+
+        n = cap(min(self.splits["train"][0].shape[0], self.splits["test"][0].shape[0]))
+        sizes = {"train": n, "val": cap(self.splits["val"][0].shape[0]), "test": n}
+        return {split: (x[: sizes[split]], y[: sizes[split]]) for split, (x, y) in self.splits.items()}
 
 
 @DATASETS.register("synthetic_regression", config=SyntheticRegressionConfig)

@@ -35,8 +35,8 @@ def test_shapes_spec_and_disjoint_splits() -> None:
     assert rows["val"].isdisjoint(rows["test"])
     sets = data.eval_sets()
     assert list(sets) == ["train", "val", "test"]
-    assert all(x.shape[0] == 30 for x, _ in sets.values())  # the smallest split
-    assert torch.equal(sets["train"][0], data.splits["train"][0][:30])  # a fixed subset of the training data
+    assert [sets[s][0].shape[0] for s in ("train", "val", "test")] == [50, 30, 50]  # train and test equal
+    assert torch.equal(sets["train"][0], data.splits["train"][0][:50])  # a fixed subset of the training data
     assert all(x.shape[0] == 7 for x, _ in data.eval_sets(max_examples=7).values())
 
 
