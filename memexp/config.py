@@ -142,7 +142,7 @@ class MetricsTier(Enum):
 
     economy = "economy"  # one probe-set gradient plus optimizer-state reads: cheap enough for every eval
     business = "business"  # + curvature from a few dozen Hessian-vector products
-    full = "full"  # + R_med (>= 100 Hutchinson probes and exact diagonals of small tensors)
+    full = "full"  # + R_med per tensor (r_med_method; exact diagonals of small tensors)
 
 
 class TrackSchedule(Enum):
@@ -159,6 +159,15 @@ class HvpBackend(Enum):
     auto = "auto"  # autodiff when the model supports it, else finite differences
     autodiff = "autodiff"  # curvlinops (forward-over-reverse through torch.func), exact
     finite_difference = "finite_difference"  # central differences of gradients: any model
+
+
+class RMedMethod(Enum):
+    """How R_med's Hessian diagonal is obtained (docs/rmed.md has the cost / error table)."""
+
+    exact = "exact"  # every entry from a unit-vector Hessian-vector product: one product per parameter
+    subset = "subset"  # exact entries at r_med_subset_size fixed random coordinates per tensor
+    hutchinson = "hutchinson"  # Rademacher probes over all parameters, shared with the Hessian trace
+    hutchinson_per_tensor = "hutchinson_per_tensor"  # probes supported on one tensor at a time
 
 
 METRIC_TIERS: dict[str, tuple[str, ...]] = {
@@ -189,6 +198,16 @@ class MetricsConfig:
     sharpness_method: EigenMethod = EigenMethod.lanczos
     sharpness_iters: int = 20  # product budget of the top-eigenvalue solver
     sharpness_tol: float = 1e-3  # relative residual at which it stops early
+    # R_med per tensor (docs/rmed.md). The median over weight tensors (geom/r_med) is memexp's summary.
+    # exact: the only estimator within 10% on the tiny GPT (docs/rmed.md); bound its cost with
+    # r_med_at_steps and r_med_tensors.
+    r_med_method: RMedMethod = RMedMethod.exact
+    r_med_at_steps: list[int] = field(default_factory=list)  # R_med only at these steps ([]: every metrics pass)
+    r_med_tensors: list[str] = field(default_factory=list)  # glob patterns of parameter names ([]: all tensors)
+    r_med_subset_size: int = 128  # subset: coordinates per tensor (all of a smaller tensor)
+    r_med_bootstrap: int = 200  # hutchinson*: bootstrap resamples for the interval (0: none)
+    r_med_bootstrap_groups: int = 20  # ... over this many groups of probes (memory: one diagonal per group)
+    r_med_confidence: float = 0.9  # ... the interval's level (geom/r_med_lo, geom/r_med_hi)
     exact_diag_max_numel: int = 32  # tensors this small get their exact Hessian diagonal for R_med,
     exact_diag_budget: int = 64  # ... in model order while the products this costs stay within this budget
     hvp: HvpBackend = HvpBackend.auto
@@ -220,6 +239,19 @@ class MetricsConfig:
         require(self.max_columns > 0, "max_columns", self.max_columns, "an integer > 0")
         require(self.sharpness_iters > 0, "sharpness_iters", self.sharpness_iters, "an integer > 0")
         require(self.sharpness_tol > 0, "sharpness_tol", self.sharpness_tol, "a number > 0")
+        require(all(step >= 1 for step in self.r_med_at_steps), "r_med_at_steps", self.r_med_at_steps, "steps >= 1")
+        require(
+            not self.r_med_at_steps or ("r_med" in self.metrics() and self.every > 0),
+            "r_med_at_steps",
+            self.r_med_at_steps,
+            "[] unless R_med is computed (tier=full or include=[r_med]) and metrics.every > 0",
+        )
+        require(self.r_med_subset_size >= 2, "r_med_subset_size", self.r_med_subset_size, "an integer >= 2")
+        require(self.r_med_bootstrap >= 0, "r_med_bootstrap", self.r_med_bootstrap, "an integer >= 0 (0: no interval)")
+        require(
+            self.r_med_bootstrap_groups >= 2, "r_med_bootstrap_groups", self.r_med_bootstrap_groups, "an integer >= 2"
+        )
+        require(0 < self.r_med_confidence < 1, "r_med_confidence", self.r_med_confidence, "a number in (0, 1)")
         require(self.exact_diag_max_numel >= 0, "exact_diag_max_numel", self.exact_diag_max_numel, "an integer >= 0")
         require(self.exact_diag_budget >= 0, "exact_diag_budget", self.exact_diag_budget, "an integer >= 0")
         require(self.fd_step > 0, "fd_step", self.fd_step, "a number > 0")

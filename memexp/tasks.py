@@ -70,7 +70,31 @@ class LanguageModelling(Task):
         return {**super().gap(train, test), "ppl_ratio": test["ppl"] / train["ppl"]}
 
 
-TASKS: dict[str, Callable[[], Task]] = {"classification": Classification, "lm": LanguageModelling}
+class Regression(Task):
+    """Real-valued targets under the mean squared error, output and target (batch, out_dim): loss
+    only (there is nothing to be correct about), so no accuracy columns and ``gap/loss`` alone."""
+
+    name = "regression"
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(output.float(), target.float())
+
+    def correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        # No accuracy; the count weights each batch's mean loss (the MSE averages over all entries).
+        return torch.zeros((), device=output.device), target.numel()
+
+    def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
+        return {"loss": loss}
+
+    def gap(self, train: dict[str, float], test: dict[str, float]) -> dict[str, float]:
+        return {"loss": test["loss"] - train["loss"]}
+
+
+TASKS: dict[str, Callable[[], Task]] = {
+    "classification": Classification,
+    "lm": LanguageModelling,
+    "regression": Regression,
+}
 
 
 @torch.no_grad()

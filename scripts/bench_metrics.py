@@ -54,7 +54,7 @@ def timed_run(overrides: list[str], out_dir: Path) -> tuple[float, float, list[f
 
 
 def hvp_benchmark(overrides: list[str], reps: int = 5) -> dict[str, float]:
-    from memexp.metrics.hvp import HessianOperator, ProbeLoss, curvature_mode, flatten, split_batch
+    from memexp.metrics.block_hvp import HessianOperator, ProbeLoss, curvature_mode, flatten, split_batch
     from memexp.train import build_run
 
     cfg = compose(["metrics=full", *overrides])

@@ -17,8 +17,13 @@ from tests.conftest import run_memexp
 PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
     "lion_vs_adamw": (9, ["optimizer=lion"], {"geom/correction", "geom/grad_l1", "gap/acc"}),
     "memory_vs_memoryless": (18, ["optimizer=adamw_memoryless"], {"geom/correction", "gap/loss"}),
-    "rmed_adam_vs_sgd": (6, ["optimizer=adamw"], {"geom/r_med", "gap/loss", "gap/ppl_ratio"}),
+    "rmed_adam_vs_sgd": (
+        6,
+        ["optimizer=adamw", "metrics.r_med_at_steps=[20]", "metrics.r_med_tensors=[ln_f.weight]"],
+        {"geom/r_med", "gap/loss", "gap/ppl_ratio"},
+    ),
     "adaptive_memory": (33, ["optimizer=am_sgd"], {"geom/am_beta", "optim/beta_mean", "gap/acc"}),
+    "lion_k_kernels": (6, ["optimizer.kernel=softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/acc"}),
 }
 
 

@@ -40,3 +40,22 @@ def test_evaluate_means_and_lm_gap() -> None:
     gap = lm.gap({"loss": 1.0, "acc": 0.5, "ppl": math.e}, {"loss": 1.5, "acc": 0.4, "ppl": math.exp(1.5)})
     assert gap["loss"] == pytest.approx(0.5) and gap["acc"] == pytest.approx(-0.1)
     assert gap["ppl_ratio"] == pytest.approx(math.exp(0.5))
+
+
+def test_regression_is_the_mean_squared_error_with_no_accuracy() -> None:
+    from memexp.tasks import Regression
+
+    task = Regression()
+    output = torch.tensor([[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]])
+    target = torch.tensor([[0.0, 2.0], [1.0, 1.0], [3.0, 1.0]])
+    # squared errors 1, 0, 1, 1, 0, 4: mean 7/6
+    assert task.loss(output, target).item() == pytest.approx(7 / 6)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return output[x]
+
+    # Batches of 2 and 1 examples: the example-weighted mean is the mean over all six entries.
+    result = evaluate(Fixed(), task, torch.arange(3), target, batch_size=2)
+    assert result == pytest.approx({"loss": 7 / 6})
+    assert task.gap({"loss": 0.5}, {"loss": 0.75}) == {"loss": 0.25}

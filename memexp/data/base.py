@@ -44,9 +44,9 @@ def check_val_fraction(val_fraction: float) -> None:
 @dataclass(frozen=True)
 class DataSpec:
     name: str
-    task: str  # "classification" or "lm" (a key of memexp.tasks.TASKS)
+    task: str  # "classification", "lm" or "regression" (a key of memexp.tasks.TASKS)
     input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8) for images or (block_size,) for text
-    num_classes: int  # classes, or the vocabulary size for language modelling
+    num_classes: int  # classes, the vocabulary size (lm) or the target dimension (regression)
 
 
 class BatchIterator(ABC):

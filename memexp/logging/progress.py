@@ -99,7 +99,7 @@ GEOMETRY_ROWS = (
     ("geom/sharpness", "sharpness (top Hessian eigenvalue)"),
     ("geom/sharpness_precond", "preconditioned sharpness"),
     ("geom/hessian_trace", "Hessian trace (Hutchinson)"),
-    ("geom/r_med", "R_med (median over weight tensors)"),
+    ("geom/r_med", "R_med, memexp summary: median over weight tensors"),
     ("geom/lion_linf_lambda", "max |x| * lambda"),
     ("geom/lion_saturation", "fraction |x| * lambda > 0.99"),
     ("geom/am_beta", "adaptive-memory beta_t (mean)"),

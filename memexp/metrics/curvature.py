@@ -1,6 +1,6 @@
 """Curvature estimators on a symmetric linear operator given by its matrix-block product.
 
-``matmat(V)`` returns ``A @ V`` for a (D, K) block (a :class:`~memexp.metrics.hvp.HessianOperator`
+``matmat(V)`` returns ``A @ V`` for a (D, K) block (a :class:`~memexp.metrics.block_hvp.HessianOperator`
 in training, a dense matrix in the tests). Every random vector comes from a generator seeded with
 ``seed``, so the same call gives the same probes: the same every evaluation, for every optimizer.
 
@@ -120,10 +120,13 @@ def _lanczos(matmat: MatMat, q: Tensor, max_iterations: int, tolerance: float) -
 
 @dataclass
 class HutchinsonResult:
-    trace: float  # mean of z^T A z
+    trace: float  # mean of z^T A z (over the support)
     trace_std_error: float  # standard error of that mean over the probes
-    diagonal: Tensor  # mean of z * (A z), flat (D,)
+    diagonal: Tensor  # mean of z * (A z) on the support, flat (stop - start,)
     probes: int
+    # Mean of z * (A z) over each of ``groups`` consecutive runs of probes, (stop - start, groups):
+    # what a bootstrap over the probes resamples. None when no groups were asked for.
+    group_diagonals: Tensor | None = None
 
 
 def hutchinson(
@@ -134,25 +137,71 @@ def hutchinson(
     probes: int = 100,
     seed: int = 0,
     block: int = 16,
+    groups: int = 0,
+    support: tuple[int, int] | None = None,
 ) -> HutchinsonResult:
     """Trace and diagonal of a symmetric operator from the same Rademacher probes z:
     ``trace ~ mean z^T A z`` (unbiased; variance ``2 (|A|_F^2 - sum_i A_ii^2)`` per probe), and
-    ``diag ~ mean z * A z`` (unbiased; exact for a diagonal A). Probes are drawn ``block`` at a time
-    from one seeded generator, so the set does not depend on ``block``."""
+    ``diag ~ mean z * A z`` (unbiased; exact for a diagonal A; entry i has variance
+    ``sum_{j != i} A_ij^2`` per probe). Probes are drawn ``block`` at a time from one seeded
+    generator, so the set does not depend on ``block``.
+
+    ``support = (start, stop)``: the probes are zero outside coordinates ``start:stop`` and the
+    result is the trace and diagonal of the block ``A[start:stop, start:stop]``: the rest of the
+    operator adds no variance (per-tensor probing). ``groups > 0``: also the mean over each of that
+    many consecutive runs of probes (for :func:`bootstrap_r_med`)."""
+    start, stop = support if support is not None else (0, dim)
+    width = stop - start
+    groups = min(groups, probes)
     generator = seeded_generator(seed, device)
-    diagonal = torch.zeros(dim, device=device, dtype=dtype)
+    diagonal = torch.zeros(width, device=device, dtype=dtype)
+    group_sums = torch.zeros(width, groups, device=device, dtype=dtype) if groups > 0 else None
     quadratic_forms: list[Tensor] = []
-    remaining = probes
-    while remaining > 0:
-        count = min(block, remaining)
-        z = rademacher((count, dim), generator, device, dtype).T.contiguous()  # (D, count)
-        az = matmat(z)
-        diagonal += (z * az).sum(dim=1)
-        quadratic_forms.append((z * az).sum(dim=0))
-        remaining -= count
+    done = 0
+    while done < probes:
+        count = min(block, probes - done)
+        z = rademacher((count, width), generator, device, dtype).T.contiguous()  # (width, count)
+        if width == dim:
+            az = matmat(z)
+        else:
+            embedded = torch.zeros(dim, count, device=device, dtype=dtype)
+            embedded[start:stop] = z
+            az = matmat(embedded)[start:stop]
+        contributions = z * az
+        diagonal += contributions.sum(dim=1)
+        if group_sums is not None:
+            # Probe k belongs to group floor(k * groups / probes): groups of (almost) equal size.
+            owner = (torch.arange(done, done + count, device=device) * groups) // probes
+            group_sums.index_add_(1, owner, contributions)
+        quadratic_forms.append(contributions.sum(dim=0))
+        done += count
     forms = torch.cat(quadratic_forms).double()
     std_error = float(forms.std() / math.sqrt(probes)) if probes > 1 else math.inf
-    return HutchinsonResult(float(forms.mean()), std_error, diagonal / probes, probes)
+    group_diagonals = None
+    if group_sums is not None:
+        sizes = torch.bincount((torch.arange(probes) * groups) // probes, minlength=groups)
+        group_diagonals = group_sums / sizes.to(device=device, dtype=dtype)
+    return HutchinsonResult(float(forms.mean()), std_error, diagonal / probes, probes, group_diagonals)
+
+
+def exact_diagonal_entries(
+    matmat: MatMat,
+    dim: int,
+    indices: Tensor,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    block: int = 64,
+) -> Tensor:
+    """``A_ii`` for each i in ``indices`` (flat coordinates), exactly, from products with the unit
+    vectors e_i, ``block`` at a time: one product per entry."""
+    indices = indices.to(device)
+    diagonal = []
+    for part in indices.split(block):
+        columns = torch.arange(part.numel(), device=device)
+        units = torch.zeros(dim, part.numel(), device=device, dtype=dtype)
+        units[part, columns] = 1.0
+        diagonal.append(matmat(units)[part, columns])
+    return torch.cat(diagonal) if diagonal else torch.zeros(0, device=device, dtype=dtype)
 
 
 def exact_diagonal_slice(
@@ -164,14 +213,18 @@ def exact_diagonal_slice(
     dtype: torch.dtype = torch.float32,
     block: int = 64,
 ) -> Tensor:
-    """``A_ii`` for ``start <= i < stop``, exactly, from products with the unit vectors e_i."""
-    diagonal = []
-    for first in range(start, stop, block):
-        last = min(first + block, stop)
-        units = torch.zeros(dim, last - first, device=device, dtype=dtype)
-        units[torch.arange(first, last), torch.arange(last - first)] = 1.0
-        diagonal.append(matmat(units)[torch.arange(first, last), torch.arange(last - first)])
-    return torch.cat(diagonal)
+    """``A_ii`` for ``start <= i < stop``, exactly (one unit-vector product per entry)."""
+    return exact_diagonal_entries(matmat, dim, torch.arange(start, stop), device, dtype, block)
+
+
+def subset_indices(size: int, count: int, seed: int, salt: int) -> Tensor:
+    """``count`` distinct coordinates of a tensor of ``size`` entries (all of them when it has no
+    more), sorted, from a CPU generator seeded by ``(seed, salt)`` alone: the same subset for every
+    optimizer, training seed and device."""
+    if count >= size:
+        return torch.arange(size)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + salt)
+    return torch.randperm(size, generator=generator)[:count].sort().values
 
 
 def median(values: Tensor) -> Tensor:
@@ -191,8 +244,51 @@ class RMed:
 def r_med(diagonal: Tensor) -> RMed:
     """Jiang, Malik & Li's R_med of one weight tensor from its Hessian diagonal (spec choice: absolute
     values, as in Ahn et al.'s replication): max |H_ii| / median |H_ii|. inf when the median is 0."""
-    magnitude = diagonal.abs().double()
-    middle = float(median(magnitude))
-    largest = float(magnitude.max())
-    value = largest / middle if middle > 0 else (math.inf if largest > 0 else math.nan)
+    value = float(r_med_columns(diagonal.reshape(-1, 1))[0])
     return RMed(value, float((diagonal < 0).double().mean()))
+
+
+def r_med_columns(diagonals: Tensor) -> Tensor:
+    """R_med of each column of ``diagonals`` (n, B), float64 (B,): inf where a column's median is 0
+    and its max is not, nan where the column is all 0."""
+    magnitude = diagonals.abs().double()
+    ordered = magnitude.sort(dim=0).values
+    n = ordered.shape[0]
+    middle = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    largest = ordered[-1]
+    ratio = largest / middle.clamp_min(torch.finfo(torch.float64).tiny)
+    ratio = torch.where(middle > 0, ratio, torch.where(largest > 0, math.inf, math.nan))
+    return ratio
+
+
+def bootstrap_weights(groups: int, resamples: int, seed: int, device: torch.device) -> Tensor:
+    """(groups, resamples): column b holds how often each group is drawn in resample b (groups
+    draws with replacement), divided by ``groups``, so ``group_diagonals @ weights`` is the resampled
+    mean diagonal. From a CPU generator seeded by ``seed``: the same resamples for every tensor
+    (tensors estimated from the same probes are resampled jointly)."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, groups, (resamples, groups), generator=generator)
+    counts = torch.zeros(resamples, groups, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(resamples, groups, dtype=torch.float64)
+    )
+    return (counts / groups).T.contiguous().to(device)
+
+
+def bootstrap_r_med(group_diagonals: Tensor, weights: Tensor) -> Tensor:
+    """R_med of each bootstrap resample (resamples,) of a Hutchinson diagonal given as group means
+    (n, groups) and :func:`bootstrap_weights` (groups, resamples)."""
+    return r_med_columns(group_diagonals.double() @ weights.to(group_diagonals.device, torch.float64))
+
+
+def basic_bootstrap_interval(estimate: float, replicates: Tensor, confidence: float) -> tuple[float, float]:
+    """The basic (reverse-percentile) bootstrap interval ``[2 R - q_hi, 2 R - q_lo]`` with q the
+    replicates' quantiles: it corrects the estimator's bias to first order (probe noise inflates
+    both the max and the median of |H_ii|, and a resample adds the same noise again, so the
+    percentile interval would sit on the wrong side). Clipped below at 1, since R_med >= 1.
+    (nan, nan) when a replicate is not finite."""
+    finite = replicates[torch.isfinite(replicates)]
+    if finite.numel() < replicates.numel() or not math.isfinite(estimate):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    low_q, high_q = torch.quantile(finite, torch.tensor([tail, 1 - tail], dtype=finite.dtype)).tolist()
+    return max(1.0, 2 * estimate - high_q), max(1.0, 2 * estimate - low_q)

@@ -7,6 +7,7 @@ chosen once, the weights before a metrics step (for the update-to-weight ratio).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import time
 import warnings
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from memexp.config import MetricsConfig, TrackSchedule
+from memexp.config import MetricsConfig, RMedMethod, TrackSchedule
+from memexp.errors import require
 from memexp.metrics import curvature, geometry
-from memexp.metrics.hvp import HessianOperator, LossFn, ProbeLoss, choose_backend, curvature_mode, split_batch
+from memexp.metrics.block_hvp import HessianOperator, LossFn, ProbeLoss, choose_backend, curvature_mode, split_batch
 from memexp.metrics.optimizer_family import (
     adam_preconditioner,
     adaptive_beta_stats,
@@ -37,6 +39,8 @@ from memexp.optim.memory import (
     sign,
 )
 
+# An exact R_med pass over more parameters than this is worth a warning (~1 h on 2 CPU cores).
+EXACT_PRODUCTS_WARNING = 100_000
 CURVATURE_METRICS = ("sharpness", "sharpness_precond", "hessian_trace", "correction_ratio", "r_med")
 
 
@@ -86,6 +90,8 @@ def compute_metrics(
     the training trajectory is the same with or without this call."""
     state = state or ProbeState()
     selected = set(cfg.metrics())
+    if cfg.r_med_at_steps and step not in cfg.r_med_at_steps:
+        selected.discard("r_med")  # R_med only at the chosen steps (an exact diagonal is expensive)
     out: dict[str, float] = {}
     with curvature_mode(model):
         probe = ProbeLoss(model, loss_fn, split_batch(*batch, cfg.probe_chunk))
@@ -295,56 +301,179 @@ def curvature_metrics(
             out["geom/sharpness_precond"], out["geom/sharpness_precond_residual"] = result.value, result.residual
     if "correction_ratio" in wanted and correction is not None:
         out["geom/correction_ratio"] = correction.ratio(operator.matvec(correction.hvp_direction()))
-    if "hessian_trace" in wanted or "r_med" in wanted:
+    hutch: curvature.HutchinsonResult | None = None
+    shared_probes = "r_med" in wanted and cfg.r_med_method is RMedMethod.hutchinson
+    if "hessian_trace" in wanted or shared_probes:
+        # One set of probes for the trace and a Hutchinson R_med (the groups cost no products).
+        groups = cfg.r_med_bootstrap_groups if shared_probes and cfg.r_med_bootstrap > 0 else 0
         hutch = curvature.hutchinson(
-            operator.matmat, dim, device, dtype, cfg.hutchinson_probes, cfg.seed, cfg.max_columns
+            operator.matmat, dim, device, dtype, cfg.hutchinson_probes, cfg.seed, cfg.max_columns, groups
         )
         if "hessian_trace" in wanted:
             out["geom/hessian_trace"], out["geom/hessian_trace_stderr"] = hutch.trace, hutch.trace_std_error
-        if "r_med" in wanted:
-            out.update(r_med_metrics(probe, operator, hutch, cfg))
+    if "r_med" in wanted:
+        out.update(r_med_metrics(probe, operator, cfg, hutch))
     out["geom/hvp_count"] = float(operator.matvecs)
     return out
 
 
+@dataclass
+class TensorDiagonal:
+    """One tensor's Hessian diagonal as R_med sees it: exact (``replicates`` None) or estimated
+    (``replicates``: R_med of each bootstrap resample of the probes)."""
+
+    diagonal: Tensor
+    replicates: Tensor | None = None
+    exact: bool = False
+
+
 def r_med_metrics(
-    probe: ProbeLoss, operator: HessianOperator, hutch: curvature.HutchinsonResult, cfg: MetricsConfig
+    probe: ProbeLoss,
+    operator: HessianOperator,
+    cfg: MetricsConfig,
+    hutch: curvature.HutchinsonResult | None = None,
 ) -> dict[str, float]:
-    """R_med per tensor (exact diagonal for tensors of at most ``exact_diag_max_numel`` entries, in
-    model order while their products fit ``exact_diag_budget``; the Hutchinson diagonal otherwise) and
-    its median over the weight tensors (ndim >= 2; over all tensors when the model has none). On the
-    exactly computed tensors the Hutchinson diagonal's relative error is logged too
-    (``geom/r_med_diag_error``): the probe-noise check the spec asks for."""
-    out: dict[str, float] = {}
+    """R_med of every tensor with >= 2 entries (``geom/r_med/<name>``, the seed's per-layer
+    statistic) and, as memexp's own summary, its median over the weight tensors (ndim >= 2; over
+    all tensors when the model has none), ``geom/r_med``. How each diagonal is obtained is
+    ``cfg.r_med_method`` (docs/rmed.md):
+
+    - ``exact``: every diagonal entry from a unit-vector Hessian-vector product (one per entry);
+    - ``subset``: exact entries at ``r_med_subset_size`` fixed random coordinates per tensor; the
+      value is R_med of that sample (its median estimates the tensor's median; its max is at most
+      the tensor's max), the same coordinates for every optimizer and seed;
+    - ``hutchinson``: the diagonal of ``hutchinson_probes`` Rademacher probes over all parameters
+      (shared with the Hessian trace);
+    - ``hutchinson_per_tensor``: as many probes per tensor, zero outside it, so other tensors'
+      curvature adds no variance (``hutchinson_probes`` products per tensor).
+
+    Tensors of at most ``exact_diag_max_numel`` entries get their exact diagonal under every method,
+    in model order while their products fit ``exact_diag_budget``; for the Hutchinson methods the
+    estimate's relative error on them is logged (``geom/r_med_diag_error``), a probe-noise check.
+    For the Hutchinson methods, with ``r_med_bootstrap`` > 0: a basic bootstrap interval over the
+    probes (in ``r_med_bootstrap_groups`` groups), per tensor (``geom/r_med_lo/<name>``,
+    ``geom/r_med_hi/<name>``) and for the summary (``geom/r_med_lo``, ``geom/r_med_hi``)."""
+    method = cfg.r_med_method
     device, dtype = probe.params[0].device, probe.params[0].dtype
-    offset, weights, others, errors, budget = 0, [], [], [], cfg.exact_diag_budget
-    for name, param in zip(probe.names, probe.params):
-        size = param.numel()
-        estimate = hutch.diagonal[offset : offset + size]
-        if 2 <= size <= min(cfg.exact_diag_max_numel, budget):
-            budget -= size
-            diagonal = curvature.exact_diagonal_slice(
-                operator.matmat, probe.dim, offset, offset + size, device, dtype, cfg.max_columns
-            )
-            scale = float(torch.linalg.vector_norm(diagonal))
-            if scale > 0:
-                errors.append(float(torch.linalg.vector_norm(estimate - diagonal)) / scale)
-        else:
-            diagonal = estimate
-        offset += size
-        if size < 2:
+    estimated = method in (RMedMethod.hutchinson, RMedMethod.hutchinson_per_tensor)
+    weights = None
+    if estimated and cfg.r_med_bootstrap > 0:
+        groups = min(cfg.r_med_bootstrap_groups, cfg.hutchinson_probes)
+        weights = curvature.bootstrap_weights(groups, cfg.r_med_bootstrap, cfg.seed, device)
+    out: dict[str, float] = {}
+    diagonals: dict[str, TensorDiagonal] = {}
+    is_weight: dict[str, bool] = {}
+    errors: list[float] = []
+    offset, budget, products_before = 0, cfg.exact_diag_budget, operator.matvecs
+    for index, (name, param) in enumerate(zip(probe.names, probe.params)):
+        start, stop = offset, offset + param.numel()
+        offset = stop
+        size = stop - start
+        if size < 2 or not chosen_tensor(name, cfg.r_med_tensors):
             continue
-        value = curvature.r_med(diagonal)
+        is_weight[name] = param.ndim >= 2
+        small = size <= min(cfg.exact_diag_max_numel, budget)
+        if small:
+            budget -= size
+        if method is RMedMethod.exact or small:
+            exact = curvature.exact_diagonal_slice(
+                operator.matmat, probe.dim, start, stop, device, dtype, cfg.max_columns
+            )
+            diagonals[name] = TensorDiagonal(exact, exact=True)
+            if small and method is RMedMethod.hutchinson:  # the shared probes' error costs nothing more
+                estimate = tensor_hutchinson(operator, probe.dim, cfg, hutch, index, start, stop, weights)
+                scale = float(torch.linalg.vector_norm(exact))
+                if scale > 0:
+                    errors.append(float(torch.linalg.vector_norm(estimate.diagonal - exact)) / scale)
+        elif method is RMedMethod.subset:
+            coordinates = curvature.subset_indices(size, cfg.r_med_subset_size, cfg.seed, index)
+            entries = curvature.exact_diagonal_entries(
+                operator.matmat, probe.dim, coordinates + start, device, dtype, cfg.max_columns
+            )
+            diagonals[name] = TensorDiagonal(entries, exact=coordinates.numel() == size)
+        else:
+            diagonals[name] = tensor_hutchinson(operator, probe.dim, cfg, hutch, index, start, stop, weights)
+
+    values: dict[str, float] = {}
+    for name, found in diagonals.items():
+        value = curvature.r_med(found.diagonal)
+        values[name] = value.value
         out[f"geom/r_med/{name}"] = value.value
         out[f"geom/r_med_neg_frac/{name}"] = value.negative_fraction
-        (weights if param.ndim >= 2 else others).append(value.value)
-    summary = [v for v in (weights or others) if math.isfinite(v)]
-    if summary:
-        out["geom/r_med"] = float(curvature.median(torch.tensor(summary, dtype=torch.float64)))
-    out["geom/r_med_probes"] = float(hutch.probes)
+        if found.replicates is not None:
+            low, high = curvature.basic_bootstrap_interval(value.value, found.replicates, cfg.r_med_confidence)
+            out[f"geom/r_med_lo/{name}"], out[f"geom/r_med_hi/{name}"] = low, high
+    summarised = [name for name in values if is_weight[name]] or list(values)
+    finite = [name for name in summarised if math.isfinite(values[name])]
+    if finite:
+        out["geom/r_med"] = float(curvature.median(torch.tensor([values[n] for n in finite], dtype=torch.float64)))
+        if weights is not None:
+            # The summary's interval: the median over tensors of each joint resample.
+            replicates = torch.stack(
+                [
+                    diagonals[n].replicates
+                    if diagonals[n].replicates is not None
+                    else torch.full((weights.shape[1],), values[n], dtype=torch.float64, device=device)
+                    for n in finite
+                ]
+            )
+            medians = replicates.sort(dim=0).values
+            k = medians.shape[0]
+            summary_replicates = (medians[(k - 1) // 2] + medians[k // 2]) / 2
+            low, high = curvature.basic_bootstrap_interval(out["geom/r_med"], summary_replicates, cfg.r_med_confidence)
+            out["geom/r_med_lo"], out["geom/r_med_hi"] = low, high
+    if estimated:
+        out["geom/r_med_probes"] = float(cfg.hutchinson_probes)
+    if method is RMedMethod.subset:
+        out["geom/r_med_subset_size"] = float(cfg.r_med_subset_size)
+    # Products spent on R_med, the shared probes included (the Hessian trace reuses them).
+    shared = hutch.probes if method is RMedMethod.hutchinson and hutch is not None else 0
+    out["geom/r_med_hvp_count"] = float(operator.matvecs - products_before + shared)
     if errors:
         out["geom/r_med_diag_error"] = max(errors)
     return out
+
+
+def chosen_tensor(name: str, patterns: list[str]) -> bool:
+    """Whether ``metrics.r_med_tensors`` (glob patterns; [] = every tensor) selects this parameter."""
+    return not patterns or any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def tensor_hutchinson(
+    operator: HessianOperator,
+    dim: int,
+    cfg: MetricsConfig,
+    hutch: curvature.HutchinsonResult | None,
+    index: int,
+    start: int,
+    stop: int,
+    weights: Tensor | None,
+) -> TensorDiagonal:
+    """The Hutchinson diagonal of the tensor at ``start:stop``: a slice of the shared probes'
+    (``hutchinson``) or from its own probes (``hutchinson_per_tensor``, seeded by tensor index)."""
+    device, dtype = operator.probe.params[0].device, operator.probe.params[0].dtype
+    groups = weights.shape[0] if weights is not None else 0
+    if cfg.r_med_method is RMedMethod.hutchinson_per_tensor:
+        own = curvature.hutchinson(
+            operator.matmat,
+            dim,
+            device,
+            dtype,
+            cfg.hutchinson_probes,
+            cfg.seed * 1_000_003 + index + 1,
+            cfg.max_columns,
+            groups,
+            support=(start, stop),
+        )
+        diagonal, group_diagonals = own.diagonal, own.group_diagonals
+    else:
+        assert hutch is not None, "the shared Hutchinson probes are computed before R_med"
+        diagonal = hutch.diagonal[start:stop]
+        group_diagonals = hutch.group_diagonals[start:stop] if hutch.group_diagonals is not None else None
+    replicates = None
+    if weights is not None and group_diagonals is not None:
+        replicates = curvature.bootstrap_r_med(group_diagonals, weights)
+    return TensorDiagonal(diagonal, replicates)
 
 
 class GeometryProbe:
@@ -373,15 +502,39 @@ class GeometryProbe:
         self.seconds: list[float] = []
         self._before: list[Tensor] | None = None
         self._wants_before = "update_ratio" in cfg.metrics()
-        if "r_med" in cfg.metrics() and cfg.hutchinson_probes < 100:
+        late = [step for step in cfg.r_med_at_steps if step > max_steps]
+        require(
+            not late, "metrics.r_med_at_steps", cfg.r_med_at_steps, f"steps in [1, {max_steps}] (trainer's last step)"
+        )
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
+        require(
+            any(chosen_tensor(name, cfg.r_med_tensors) for name in names),
+            "metrics.r_med_tensors",
+            cfg.r_med_tensors,
+            f"glob patterns matching parameter names, e.g. {names[:3]}",
+        )
+        if "r_med" in cfg.metrics() and cfg.r_med_method is RMedMethod.exact:
+            products = sum(
+                p.numel()
+                for n, p in model.named_parameters()
+                if p.requires_grad and chosen_tensor(n, cfg.r_med_tensors)
+            )
+            if products > EXACT_PRODUCTS_WARNING:
+                warnings.warn(
+                    f"metrics.r_med_method=exact costs {products:,} Hessian-vector products per R_med pass; "
+                    "bound it with metrics.r_med_at_steps and metrics.r_med_tensors (docs/rmed.md)",
+                    stacklevel=2,
+                )
+        hutchinson_r_med = cfg.r_med_method in (RMedMethod.hutchinson, RMedMethod.hutchinson_per_tensor)
+        if "r_med" in cfg.metrics() and hutchinson_r_med and cfg.hutchinson_probes < 100:
             warnings.warn(
                 f"metrics.hutchinson_probes={cfg.hutchinson_probes}: R_med from fewer than 100 probes is "
-                "biased upwards by probe noise (spec: >= 100)",
+                "dominated by probe noise (docs/rmed.md); see geom/r_med_lo and geom/r_med_hi",
                 stacklevel=2,
             )
 
     def due(self, step: int) -> bool:
-        return self.schedule.due(step)
+        return self.schedule.due(step) or step in self.cfg.r_med_at_steps
 
     def remember_weights(self) -> None:
         """Copy the weights before a metrics step's update (only then: normal steps pay nothing)."""

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from memexp.config import HvpBackend, MetricsConfig, MetricsTier
 from memexp.metrics import ProbeState, compute_metrics
-from memexp.metrics.hvp import HessianOperator, NonDeterministicModelError, ProbeLoss, choose_backend
+from memexp.metrics.block_hvp import HessianOperator, NonDeterministicModelError, ProbeLoss, choose_backend
 
 
 class CubeWithoutForwardAD(torch.autograd.Function):

@@ -1,4 +1,5 @@
-"""The probe-set loss, its gradient and its Hessian as a linear operator on flat parameter vectors.
+"""Block Hessian-vector products of the probe-set loss: its gradient and its Hessian as a linear
+operator on flat parameter vectors, multiplied a block of vectors at a time.
 
 Everything here is evaluated on a FIXED probe batch with the model in eval mode (no dropout,
 BatchNorm on its running statistics) and in fp32 without autocast: curvature estimators silently
