@@ -173,17 +173,24 @@ NON_RESULT_TRAINER_KEYS = ("progress", "log_every", "checkpoint_every", "keep_ch
 KEY_LENGTH = 16
 
 
-def job_key(cfg: DictConfig) -> str:
-    """A hash of the resolved config that decides the result (everything but the logger, the paths
-    and the progress display)."""
+def resolved_config(cfg: DictConfig, leave_out: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A composed config as plain, resolved data, without ``hydra`` and the top-level keys
+    ``leave_out`` (what job keys and the batched launcher's population signature compare)."""
     container: dict[str, Any] = {}
     for key in cfg:
-        if key == "hydra" or key in NON_RESULT_KEYS:
+        if key == "hydra" or key in leave_out:
             continue
         value = cfg[key]
         container[str(key)] = (
             OmegaConf.to_container(value, resolve=True, enum_to_str=True) if OmegaConf.is_config(value) else value
         )
+    return container
+
+
+def job_key(cfg: DictConfig) -> str:
+    """A hash of the resolved config that decides the result (everything but the logger, the paths
+    and the progress display)."""
+    container = resolved_config(cfg, NON_RESULT_KEYS)
     trainer = dict(container.get("trainer", {}))
     for key in NON_RESULT_TRAINER_KEYS:
         trainer.pop(key, None)

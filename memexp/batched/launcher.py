@@ -25,12 +25,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from memexp import checkpoint as ckpt
 from memexp import rundir
@@ -49,14 +48,7 @@ MEMBER_KEYS = ("seed", "logger")
 
 def population_signature(cfg: DictConfig) -> str:
     """What members of one population share: the job's config without its batchable keys."""
-    container: dict[str, Any] = {}
-    for key in cfg:
-        if key == "hydra" or key in MEMBER_KEYS:
-            continue
-        value = cfg[key]
-        container[str(key)] = (
-            OmegaConf.to_container(value, resolve=True, enum_to_str=True) if OmegaConf.is_config(value) else value
-        )
+    container = rundir.resolved_config(cfg, MEMBER_KEYS)
     optimizer = container.get("optimizer", {})
     for key in HYPERPARAMETERS.get(str(optimizer.get("name")), ()):
         optimizer.pop(key, None)
