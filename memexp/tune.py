@@ -45,6 +45,7 @@ from memexp.errors import ConfigValueError, MemexpError
 TUNE_JSON, TUNE_MD = "tune.json", "tune.md"
 # Wall times of the study's parts (kept out of tune.json, which is deterministic).
 TUNE_TIMING = "tune_timing.json"
+OUTPUT_REFRESH_S = 5.0  # how often a running study rewrites tune.json/tune.md at most
 TUNE_FORMAT = 1
 SEED_KEY = "seed"
 TASK_NAME_OVERRIDE = "task_name=tune"  # studies live under <output_root>/tune/
@@ -735,14 +736,14 @@ def run_study(
     study_dir = Path(str(config.hydra.sweep.dir))
     command = "memexp tune " + " ".join(a for a in arguments if a != TASK_NAME_OVERRIDE)
     progress = StudyProgress(study)
-    started, in_jobs = time.perf_counter(), 0.0
+    started, in_jobs, written = time.perf_counter(), 0.0, 0.0
 
     def run(jobs: list[Job], phase: str) -> None:
-        nonlocal in_jobs
+        nonlocal in_jobs, written
         if not jobs:
             return
         if validate is not None:
-            validate([job.overrides for job in jobs])
+            validate(representative_overrides(jobs))
         chunks = [[job] for job in jobs] if is_serial else [jobs]
         for chunk in chunks:
             launched = time.perf_counter()
@@ -758,12 +759,15 @@ def run_study(
                 else:
                     study.scores[job.num], study.statuses[job.num] = score_run(run_dir, tune)
                 progress.job_done(job, phase)
-            write_outputs(study, study_dir, command, plots=False)
+            # tune.json/tune.md show a running study's progress; short jobs refresh them at most
+            # every few seconds, and the phase's end always does.
+            if chunk is chunks[-1] or time.perf_counter() - written > OUTPUT_REFRESH_S:
+                write_outputs(study, study_dir, command, plots=False)
+                written = time.perf_counter()
 
     run(study.search_jobs(), SEARCH)
     for arm in arms:
         study.select(arm.label)
-    write_outputs(study, study_dir, command)
     if tune.extend_edges and tune.search is TuneSearch.grid:
         for round_ in range(1, tune.max_extensions + 1):
             jobs = study.extension_jobs(round_)
@@ -777,13 +781,29 @@ def run_study(
     for label, flags in study.edges.items():
         for key, side in flags.items():
             progress.warn(f"{label}: chosen {key}={format_value(study.chosen[label][key])} is on the {side} edge")
+    write_outputs(study, study_dir, command)  # the score plots: the search is over
     run(study.confirmation_jobs(), CONFIRMATION)
-    write_outputs(study, study_dir, command)
+    write_outputs(study, study_dir, command, plots=False)
     total = time.perf_counter() - started
     timing = {"study_s": total, "jobs_s": in_jobs, "orchestration_s": total - in_jobs, "jobs": len(study.jobs)}
     (study_dir / TUNE_TIMING).write_text(json.dumps(timing, indent=2) + "\n")
     progress.finish(study_dir)
     return study
+
+
+def representative_overrides(jobs: Sequence[Job]) -> list[list[str]]:
+    """The jobs whose composition Hydra checks before launching (as its basic sweeper checks every
+    job): the first of each arm and every job that brings a value not seen yet. Jobs differ only in
+    their arm, their tuned values and the seed, so a config error shows in one of these; checking all
+    composes every config twice, which costs more than a short job."""
+    seen: set[str] = set()
+    chosen = []
+    for job in jobs:
+        new = {override for override in job.overrides if not override.startswith(f"{SEED_KEY}=")} - seen
+        if new:
+            chosen.append(job.overrides)
+            seen |= new
+    return chosen
 
 
 def job_output_dir(job_return: Any, study_dir: Path, num: int) -> Path:
