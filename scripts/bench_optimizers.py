@@ -16,7 +16,7 @@ Measured in one process, interleaved with the reference so machine noise hits bo
 Goals (issue 3): Lion step <= 0.8x AdamW-foreach, Lion state = 0.5x, corrected full step <= 2.2x.
 On CUDA, ``torch.optim.AdamW(fused=True)`` is reported too, as a reference.
 
-    python scripts/bench_optimizers.py [--device cpu|cuda] [--rounds 7] [--steps 5] [--large-batch 64]
+    python scripts/bench_optimizers.py [--device cpu|cuda] [--rounds 7] [--steps 5] [--large-batch 32]
                                        [--only NAMES] [--full-step-only]
 """
 
@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="sequences per full train step")
     parser.add_argument("--length", type=int, default=32, help="tokens per sequence")
     parser.add_argument(
-        "--large-batch", type=int, default=64, help="sequences per full step, compute-bound configuration (0: skip)"
+        "--large-batch", type=int, default=32, help="sequences per full step, compute-bound configuration (0: skip)"
     )
     parser.add_argument("--only", default="", help="comma-separated subset of optimizers")
     parser.add_argument("--full-step-only", action="store_true", help="skip the step-alone ratios")
