@@ -9,12 +9,15 @@ Measured in one process, interleaved with the reference so machine noise hits bo
 - ``state_ratio_vs_adamw``: bytes of optimizer state (all tensors in ``optimizer.state``) over AdamW's.
 - ``full_step_ratio_vs_plain`` (twins only): forward + backward + step of the corrected optimizer with
   its default ``hvp="forward"`` (one extra forward + backward) over its plain counterpart
-  (torch SGD with momentum, torch AdamW foreach, memexp Lion).
+  (torch SGD with momentum, torch AdamW foreach, memexp Lion). Measured at ``--batch`` (small: the
+  optimizers' elementwise passes weigh) and again at ``--large-batch`` (compute-bound: the ratio
+  approaches 2, the one extra gradient evaluation) as ``large_batch_full_step_ratio_vs_plain``.
 
 Goals (issue 3): Lion step <= 0.8x AdamW-foreach, Lion state = 0.5x, corrected full step <= 2.2x.
 On CUDA, ``torch.optim.AdamW(fused=True)`` is reported too, as a reference.
 
-    python scripts/bench_optimizers.py [--device cpu|cuda] [--rounds 7] [--steps 5]
+    python scripts/bench_optimizers.py [--device cpu|cuda] [--rounds 7] [--steps 5] [--large-batch 32]
+                                       [--only NAMES] [--full-step-only]
 """
 
 from __future__ import annotations
@@ -196,7 +199,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--batch", type=int, default=4, help="sequences per full train step")
     parser.add_argument("--length", type=int, default=32, help="tokens per sequence")
+    parser.add_argument(
+        "--large-batch", type=int, default=32, help="sequences per full step, compute-bound configuration (0: skip)"
+    )
     parser.add_argument("--only", default="", help="comma-separated subset of optimizers")
+    parser.add_argument("--full-step-only", action="store_true", help="skip the step-alone ratios")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(torch.get_num_threads())
@@ -211,15 +218,24 @@ def main() -> None:
         "parameters": sum(p.numel() for p in model.parameters()),
         "tensors": len(list(model.parameters())),
         "full_step_tokens": args.batch * args.length,
+        "large_batch_full_step_tokens": args.large_batch * args.length,
         "optimizers": {},
     }
     results: dict[str, dict[str, float]] = {}
     for name in names:
-        results[name] = step_ratio(name, OPTIMIZERS[name], reference, device, args.rounds, args.steps)
+        if args.full_step_only and name not in PLAIN_COUNTERPART:
+            continue
+        results[name] = {}
+        if not args.full_step_only:
+            results[name] = step_ratio(name, OPTIMIZERS[name], reference, device, args.rounds, args.steps)
         if name in PLAIN_COUNTERPART:
             results[name].update(
                 full_step_ratio(name, device, args.rounds, max(1, args.steps // 2), args.batch, args.length)
             )
+            if args.large_batch > 0:
+                # Each step costs ~large_batch/batch times more: one step per timed block is enough.
+                large = full_step_ratio(name, device, args.rounds, 1, args.large_batch, args.length)
+                results[name].update({f"large_batch_{key}": value for key, value in large.items()})
     if device.type == "cuda":
         fused = lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True)  # noqa: E731
         results["reference_adamw_fused"] = step_ratio("adamw_fused", fused, reference, device, args.rounds, args.steps)

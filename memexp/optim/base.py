@@ -82,10 +82,10 @@ def global_l1(tensors: Sequence[Tensor]) -> Tensor:
 
 
 def global_dot(left: Sequence[Tensor], right: Sequence[Tensor]) -> Tensor:
-    """Σ_i ⟨left_i, right_i⟩ as a 0-d tensor (no host sync)."""
+    """Σ_i ⟨left_i, right_i⟩ as a 0-d tensor (no host sync); one read pass, no product temporary."""
     if not left:
         return torch.zeros(())
-    return torch.stack([torch.sum(a * b) for a, b in zip(left, right)]).sum()
+    return torch.stack([torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(left, right)]).sum()
 
 
 class MemexpOptimizer(torch.optim.Optimizer):

@@ -98,16 +98,18 @@ class MemorylessLion(MemorylessOptimizer):
         # θ·g at the step's starting point, before the update below moves θ (the decay's penalty term).
         theta_dot_gradient = global_dot(params, grads) if products is not None and wd != 0 else 0.0
         if foreach:
-            arguments = torch._foreach_add(grads, products, alpha=factor) if products is not None else list(grads)
-            directions = torch._foreach_sign(arguments)
+            if products is not None:
+                directions = torch._foreach_add(grads, products, alpha=factor)
+                torch._foreach_sign_(directions)  # in place: one buffer for the argument and its sign
+            else:
+                directions = torch._foreach_sign(grads)
             if wd != 0:
                 torch._foreach_mul_(params, 1 - h * wd)
             torch._foreach_add_(params, directions, alpha=-h)
         else:
             directions = []
             for index, (param, grad) in enumerate(zip(params, grads)):
-                argument = grad.add(products[index], alpha=factor) if products is not None else grad
-                direction = argument.sign()
+                direction = grad.add(products[index], alpha=factor).sign_() if products is not None else grad.sign()
                 if wd != 0:
                     param.mul_(1 - h * wd)
                 param.add_(direction, alpha=-h)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument
+from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument, global_dot
 from memexp.optim.closure_hvp import check_hvp_method, first_gradient, hessian_vector_product, prepare_closure
 
 
@@ -39,21 +39,41 @@ def buckets_by_step(steps: Sequence[int]) -> dict[int, list[int]]:
     return found
 
 
+Tensors = list[Tensor] | Callable[[], list[Tensor]]
+
+
+def _resolve(tensors: Tensors) -> list[Tensor]:
+    return tensors() if callable(tensors) else tensors
+
+
+def lazy_tensors(make: Callable[[], list[Tensor]]) -> Callable[[], list[Tensor]]:
+    """Tensors a statistic needs that the fused update never forms: built when first read, once."""
+    built: list[list[Tensor]] = []
+
+    def get() -> list[Tensor]:
+        if not built:
+            built.append(make())
+        return built[0]
+
+    return get
+
+
 class SquaredNorms:
-    """Lazily summed Σ factor²·‖T‖² and Σ factor·⟨A, B⟩ over (factor, tensors) pieces."""
+    """Lazily summed Σ factor²·‖T‖² and Σ factor·⟨A, B⟩ over (factor, tensors) pieces; the tensors
+    may be given as a callable (see ``lazy_tensors``), evaluated only when the statistic is read."""
 
     def __init__(self) -> None:
-        self.norm_pieces: dict[str, list[tuple[float, list[Tensor]]]] = {}
-        self.dot_pieces: dict[str, list[tuple[float, list[Tensor], list[Tensor]]]] = {}
+        self.norm_pieces: dict[str, list[tuple[float, Tensors]]] = {}
+        self.dot_pieces: dict[str, list[tuple[float, Tensors, Tensors]]] = {}
         self.sum_pieces: dict[str, list[tuple[float, list[Tensor], bool]]] = {}
         self.count_pieces: dict[str, list[list[Tensor]]] = {}
         self.term_pieces: dict[str, list[Callable[[], Tensor]]] = {}
         self.loss: Tensor | None = None  # the closure's loss at the step's starting point
 
-    def add_norm(self, name: str, factor: float, tensors: list[Tensor]) -> None:
+    def add_norm(self, name: str, factor: float, tensors: Tensors) -> None:
         self.norm_pieces.setdefault(name, []).append((factor, tensors))
 
-    def add_dot(self, name: str, factor: float, left: list[Tensor], right: list[Tensor]) -> None:
+    def add_dot(self, name: str, factor: float, left: Tensors, right: Tensors) -> None:
         self.dot_pieces.setdefault(name, []).append((factor, left, right))
 
     def add_sum(self, name: str, factor: float, tensors: list[Tensor], absolute: bool = False) -> None:
@@ -81,19 +101,17 @@ class SquaredNorms:
         return torch.stack([t.sum().float() for t in tensors]).sum() / sum(t.numel() for t in tensors)
 
     def norm(self, name: str) -> Tensor:
+        pieces = [(factor, _resolve(tensors)) for factor, tensors in self.norm_pieces.get(name, [])]
         total = [
             (factor**2) * torch.stack(torch._foreach_norm(tensors)).square().sum()
-            for factor, tensors in self.norm_pieces.get(name, [])
+            for factor, tensors in pieces
             if tensors
         ]
         return torch.stack(total).sum().sqrt() if total else torch.zeros(())
 
     def dot(self, name: str) -> Tensor:
-        total = [
-            factor * torch.stack([torch.sum(a * b) for a, b in zip(left, right)]).sum()
-            for factor, left, right in self.dot_pieces.get(name, [])
-            if left
-        ]
+        pieces = [(factor, _resolve(left), _resolve(right)) for factor, left, right in self.dot_pieces.get(name, [])]
+        total = [factor * global_dot(left, right) for factor, left, right in pieces if left]
         return torch.stack(total).sum() if total else torch.zeros(())
 
 

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from memexp.optim.base import global_dot
-from memexp.optim.memory import MemoryFamily, heavy_ball_coefficients, hvp_directions, penalty_coefficient
-from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
+from memexp.optim.memory import MemoryFamily, heavy_ball_coefficients, penalty_coefficient
+from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms, lazy_tensors
 from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 from memexp.optim.sgd import check_sgd_arguments
 
@@ -94,7 +94,9 @@ class MemorylessSGD(MemorylessOptimizer):
             decayed = torch._foreach_add(grads, params, alpha=wd)
         else:
             decayed = [g.add(p, alpha=wd) for g, p in zip(grads, params)]
-        return {"decayed": decayed}, hvp_directions(MemoryFamily.heavy_ball, decayed, params, foreach=foreach)
+        # v = the effective gradient (memexp.optim.memory.hvp_directions' heavy-ball case) without its
+        # copy: hessian_vector_product only reads v, and the step never writes the gradients.
+        return {"decayed": decayed}, list(decayed)
 
     def _apply(
         self,
@@ -113,20 +115,24 @@ class MemorylessSGD(MemorylessOptimizer):
         # direction = s_n·g + h·scale·c_n·(H + λI)·g; (H + λI)·g = H·g + λ·g folds into g's coefficient.
         correction_factor = h * scale * c_n
         plain_factor = s_n + (correction_factor * wd if products is not None else 0.0)
+        # θ −= h·plain_factor·g + h·correction_factor·H·g: two in-place passes, no direction buffer.
         if foreach:
-            directions = torch._foreach_mul(decayed, plain_factor)
+            torch._foreach_add_(params, decayed, alpha=-h * plain_factor)
             if products is not None:
-                torch._foreach_add_(directions, products, alpha=correction_factor)
-            torch._foreach_add_(params, directions, alpha=-h)
+                torch._foreach_add_(params, products, alpha=-h * correction_factor)
         else:
-            for param, g, index in zip(params, decayed, range(len(params))):
-                direction = g.mul(plain_factor)
+            for index, param in enumerate(params):
+                param.add_(decayed[index], alpha=-h * plain_factor)
                 if products is not None:
-                    direction.add_(products[index], alpha=correction_factor)
-                param.add_(direction, alpha=-h)
+                    param.add_(products[index], alpha=-h * correction_factor)
         stats.add_norm("plain", h * s_n, decayed)
         if products is not None:
-            curvature = products if wd == 0 else [hv.add(g, alpha=wd) for hv, g in zip(products, decayed)]
+            hessian_products = products
+            curvature = (
+                hessian_products
+                if wd == 0
+                else lazy_tensors(lambda: [hv.add(g, alpha=wd) for hv, g in zip(hessian_products, decayed)])
+            )
             stats.add_norm("correction", h * correction_factor, curvature)
             stats.add_dot("cosine", h * s_n * h * correction_factor, decayed, curvature)
             # ∇(h·c/(2s)·‖g‖²) = h·c/s·H·g: the penalty the corrected step descends (scaled like the step).
