@@ -15,7 +15,7 @@ difference of two wall times, so on a loaded machine it is noisy (it can come ou
 spent outside the launcher's launch calls (planning, composing, scoring, selection, tune.json/tune.md
 and the plot) over the study's wall time inside the process.
 
-    python scripts/bench_tune.py [--steps 300] [--repeats 2]
+    python scripts/bench_tune.py [--steps 600] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-COMMON = ["trainer.eval_every=100", "trainer.progress=off", "logger=none", "metrics=none"]
+# The default run's settings (its economy metrics included), W&B off: jobs as a user's study has them.
+COMMON = ["trainer.progress=off", "logger=none"]
 
 
 def memexp(*args: str, cwd: Path) -> float:
@@ -47,7 +48,7 @@ def memexp(*args: str, cwd: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per job")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per job (the default run's 600)")
     parser.add_argument("--lrs", default="0.03,0.1", help="the searched learning rates")
     parser.add_argument("--seeds", type=int, default=2, help="tuning seeds per trial")
     parser.add_argument("--confirm-seeds", type=int, default=10)
