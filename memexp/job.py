@@ -106,7 +106,11 @@ def run_job(cfg: DictConfig) -> float | None:
     if distributed.launched_by_torchrun():
         # One rank of a data-parallel job: the launching process holds the lock and reused any
         # earlier copy of the job; rank 0 logs and checkpoints.
-        return train_here(cfg, run_cfg, build_run(run_cfg), run_dir, multirun)
+        result = train_here(cfg, run_cfg, build_run(run_cfg), run_dir, multirun)
+        # On success only: a rank that failed exits at once, and torchrun stops the others (a
+        # barrier here would wait for ranks still blocked in a collective).
+        distributed.shutdown()
+        return result
     lock = rundir.RunDirLock(run_dir)
     try:
         lock.acquire()
