@@ -42,6 +42,34 @@ def job_state(job_id: str) -> dict[str, str]:
     return dict(field.split("=", 1) for field in text.split() if "=" in field)
 
 
+def test_a_tune_study_through_the_slurm_launcher(tmp_path: Path) -> None:
+    """memexp tune launches its phases (search, then confirmation) as Slurm array jobs and reads
+    their run dirs back: the same selection as the basic launcher makes (tests/test_tune.py)."""
+    study = tmp_path / "study"
+    result = run_memexp(
+        "tune",
+        *SLURM,
+        "optimizer.lr=0.01,0.1",
+        "tune.seeds=1",
+        "tune.confirm_seeds=2",
+        "trainer=quick",
+        "logger=none",
+        "metrics=none",
+        f"hydra.sweep.dir={study}",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    arm = json.loads((study / "tune.json").read_text())["arms"]["all"]
+    # 20 steps of SGD with momentum on digits: lr 0.1 beats 0.01 (val loss 0.57 against 2.12).
+    assert arm["chosen"] == {"optimizer.lr": 0.1} and arm["edge"] == {"optimizer.lr": "high"}
+    for trial in arm["trials"]:
+        summary = json.loads((study / trial["seeds"][0]["run_dir"] / "summary.json").read_text())
+        assert trial["score"] == summary["val/loss"] and trial["seeds"][0]["status"] == "finished"
+    assert arm["confirmation"] == {"seeds": [1, 2], "run_dirs": ["2", "3"], "statuses": ["finished", "finished"]}
+    assert (study / ".submitit").is_dir()  # the jobs went through submitit, not in-process
+
+
 def test_two_job_sweep_through_the_slurm_launcher(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = run_memexp(
