@@ -95,8 +95,10 @@ def beyond_edge(grid: Sequence[float], high: bool) -> float | None:
         if (value < 0 <= edge) or (value > 0 >= edge):
             return None
     if all(float(p).is_integer() for p in points):
-        value = float(round(value))
-    return value
+        return float(round(value))
+    # 6 significant digits: 3e-4 * 3 is 0.0009, not 0.0008999999999999998 (the value is typed into
+    # an override and shown in tune.json).
+    return float(f"{value:.6g}")
 
 
 # ----------------------------------------------------------------------------------------------

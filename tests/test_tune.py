@@ -139,6 +139,7 @@ def test_beyond_edge_geometric_arithmetic_and_never_across_zero() -> None:
     assert beyond_edge([0.0, 0.01], high=False) is None  # weight decay below 0
     assert beyond_edge([32, 64], high=True) == 128.0
     assert beyond_edge([1e-3], high=True) is None
+    assert beyond_edge([1e-4, 3e-4], high=True) == 0.0009  # exactly: no float residue in the override
 
 
 def test_random_search_is_deterministic_in_range_and_alike_across_arms() -> None:
