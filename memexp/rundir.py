@@ -45,6 +45,7 @@ KEY_FILE = "job_key.txt"
 WANDB_ID_FILE = "wandb_id.txt"
 LOCK_FILE = "run.lock"
 WANDB_MODE_FILE = "wandb_mode.txt"  # in a sweep dir
+TUNE_JSON = "tune.json"  # in a `memexp tune` study dir (its format: memexp/tune.py)
 
 
 class Status(StrEnum):

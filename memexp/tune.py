@@ -41,8 +41,10 @@ from typing import Any
 
 from memexp.config import TuneConfig, TuneMode, TuneObjective, TuneSearch
 from memexp.errors import ConfigValueError, MemexpError
+from memexp.report.runs import format_value
+from memexp.rundir import TUNE_JSON
 
-TUNE_JSON, TUNE_MD = "tune.json", "tune.md"
+TUNE_MD = "tune.md"
 # Wall times of the study's parts (kept out of tune.json, which is deterministic).
 TUNE_TIMING = "tune_timing.json"
 OUTPUT_REFRESH_S = 5.0  # how often a running study rewrites tune.json/tune.md at most
@@ -63,13 +65,6 @@ def parse_number(text: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def format_value(value: Any) -> str:
-    """A value as typed in an override; floats in the shortest form that round-trips."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 def typed(text: str) -> Any:

@@ -29,7 +29,6 @@ import json
 import os
 import sys
 import sysconfig
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from torch import Tensor
 from memexp.data.base import DATASETS, BatchIterator, DataBundle, DataConfig, DataSpec, check_val_fraction
 from memexp.data.tokenizers import TOKENIZERS, make_tokenizer
 from memexp.errors import ConfigValueError, DataNotFoundError, require
+from memexp.rundir import write_atomic
 from memexp.splits import SPLITS
 
 CACHE_FORMAT = 1
@@ -90,20 +90,6 @@ def files_fingerprint(files: Sequence[Path], base: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_cache(stem: Path, fingerprint: dict[str, Any]) -> TokenStream | None:
     meta_path, tokens_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".u16")
     try:
@@ -146,9 +132,9 @@ def load_token_stream(
         try:
             stem.parent.mkdir(parents=True, exist_ok=True)
             tokens_path = stem.with_name(stem.name + ".u16")
-            _write_atomic(tokens_path, lambda handle: handle.write(tokens.tobytes()))
+            write_atomic(tokens_path, lambda handle: handle.write(tokens.tobytes()))
             # The JSON goes last: its presence (with the matching size) marks a complete cache.
-            _write_atomic(
+            write_atomic(
                 stem.with_name(stem.name + ".json"),
                 lambda handle: handle.write(json.dumps(metadata, indent=1).encode()),
             )
@@ -367,7 +353,7 @@ def download_file(url: str, path: Path) -> None:
             payload = response.read()
     except OSError as error:
         raise DataNotFoundError(f"could not download {url} to {path}: {error}") from None
-    _write_atomic(path, lambda handle: handle.write(payload))
+    write_atomic(path, lambda handle: handle.write(payload))
 
 
 @DATASETS.register("text_file", config=TextFileConfig)

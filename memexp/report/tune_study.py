@@ -11,8 +11,7 @@ from typing import Any
 
 from memexp.errors import MemexpError
 from memexp.report.runs import parse_override
-
-TUNE_JSON = "tune.json"
+from memexp.rundir import TUNE_JSON
 
 
 @dataclass
