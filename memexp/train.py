@@ -33,6 +33,7 @@ from memexp.metrics import GeometryProbe
 from memexp.metrics.optimizer_family import memory_family
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.optim.base import training_closure
 from memexp.optim.memory import MemoryFamily
 from memexp.rundir import CHECKPOINT_DIR, Status
 from memexp.schedules import build_scheduler
@@ -253,16 +254,10 @@ def train(
     x: Tensor = torch.empty(0)
     y: Tensor = torch.empty(0)
 
-    def closure(create_graph: bool = False) -> Tensor:
-        # The standard protocol: optimizers that need extra gradients (e.g. for a Hessian-vector
-        # product) call this again themselves; hvp=double_backward asks for create_graph=True.
-        run.optimizer.zero_grad(set_to_none=True)
-        with run.autocast():
-            loss = run.task.loss(run.forward(x), y)
-        loss.backward(create_graph=create_graph)
-        if trainer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, trainer.grad_clip)
-        return loss
+    # Reads the loop's current batch (x, y), rebound every step.
+    closure = training_closure(
+        run.optimizer, run.forward, run.task.loss, lambda: (x, y), params, trainer.grad_clip, run.autocast
+    )
 
     status, last_eval, last_geometry, last_twin = Status.RUNNING, {}, {}, {}
     adaptive_memory = memory_family(run.optimizer) is MemoryFamily.adaptive_memory  # β_t to log

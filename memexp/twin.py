@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from memexp.config import TrainerConfig
 from memexp.errors import ConfigValueError, MemexpError
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
-from memexp.optim.base import Closure
+from memexp.optim.base import training_closure
 from memexp.optim.closure_hvp import RNGSnapshot
 from memexp.optim.registry import twin_for
 
@@ -133,26 +133,15 @@ class Twin:
             for twin_group, group in zip(twin.optimizer.param_groups, optimizer.param_groups, strict=True):
                 twin_group["lr"] = group["lr"]
             before.restore()
-            twin_loss = twin.optimizer.step(self._closure(twin, x, y))
+            closure = training_closure(
+                twin.optimizer, twin.forward, self.loss_fn, lambda: (x, y), twin.params, self.grad_clip, self.autocast
+            )
+            twin_loss = twin.optimizer.step(closure)
             assert twin_loss is not None
             twin.loss_sum += twin_loss.detach()
         after.restore()
         self.count += 1
         return loss
-
-    def _closure(self, twin: TwinCopy, x: Tensor, y: Tensor) -> Closure:
-        """The training loop's closure protocol (memexp/train.py), on the twin's model."""
-
-        def closure(create_graph: bool = False) -> Tensor:
-            twin.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
-                loss = self.loss_fn(twin.forward(x), y)
-            loss.backward(create_graph=create_graph)
-            if self.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(twin.params, self.grad_clip)
-            return loss
-
-        return closure
 
     @torch.no_grad()
     def metrics(self, batch_loss: float | None = None) -> dict[str, float]:

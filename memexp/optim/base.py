@@ -138,6 +138,33 @@ class MemexpOptimizer(torch.optim.Optimizer):
         return buffers
 
 
+def training_closure(
+    optimizer: torch.optim.Optimizer,
+    forward: Callable[[Tensor], Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch: Callable[[], tuple[Tensor, Tensor]],
+    params: Sequence[Tensor],
+    grad_clip: float,
+    autocast: Callable[[], Any],
+) -> Closure:
+    """The closure the training loop hands to ``optimizer.step``: zero the gradients, the loss of the
+    current ``batch()`` under ``autocast``, backward, clip to ``grad_clip`` (0: off). Optimizers that
+    need extra gradients (a Hessian-vector product) call it again themselves; ``create_graph=True``
+    keeps the graph for a double-backward product. Used for the run and for its twins alike."""
+
+    def closure(create_graph: bool = False) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        x, y = batch()
+        with autocast():
+            loss = loss_fn(forward(x), y)
+        loss.backward(create_graph=create_graph)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        return loss
+
+    return closure
+
+
 def call_closure(closure: Closure | None, *, create_graph: bool = False) -> Tensor | None:
     """Run the closure with gradients enabled (``step`` itself runs under ``no_grad``)."""
     if closure is None:
