@@ -32,8 +32,7 @@ from memexp.batched.population import Member, Population
 from memexp.config import Progress
 from memexp.logging import LocalLogger
 from memexp.logging.progress import ProgressReporter
-from memexp.plan import compose_jobs
-from memexp.sweep import job_key
+from memexp.rundir import compose_sweep, job_key
 from memexp.train import build_run, check_config, train
 
 COMMON = ["logger=none", "metrics=none", "trainer.progress=off"]
@@ -42,8 +41,8 @@ COMMON = ["logger=none", "metrics=none", "trainer.progress=off"]
 def sweep_configs(model_overrides: list[str], members: int) -> list:
     """The jobs of ``train -m seed=range(members/2) optimizer.lr=<two values> <model>``."""
     seeds = f"seed=range({(members + 1) // 2})"
-    _, jobs = compose_jobs([*COMMON, *model_overrides, seeds, "optimizer.lr=0.05,0.1"])
-    return [cfg for _, cfg in jobs][:members]
+    sweep = compose_sweep([*COMMON, *model_overrides, seeds, "optimizer.lr=0.05,0.1"])
+    return [job.config for job in sweep.jobs][:members]
 
 
 def time_single(cfg, root: Path) -> float:

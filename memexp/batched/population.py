@@ -18,6 +18,7 @@ member has a readable checkpoint, else from step 0 (deterministic either way).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -35,13 +36,14 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from memexp import checkpoint as ckpt
 from memexp.batched.optim import HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
-from memexp.config import Precision, Resume
+from memexp.config import METRIC_NAMES, METRIC_TIERS, Precision, Resume
 from memexp.data import DATASETS, BatchIterator
 from memexp.errors import ConfigValueError
 from memexp.logging import LocalLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
+from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
-from memexp.optim import param_groups_weight_decay
+from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS
@@ -50,6 +52,8 @@ from memexp.train import RunConfig, evaluate_gap, resolve_device
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
 BATCHED_MODELS = ("mlp", "cnn", "vit")
+# The geom/* metrics a population computes per member (the economy tier: one probe-set gradient each).
+BATCHED_METRICS = METRIC_TIERS["economy"]
 LAUNCHER = "hydra/launcher=batched"
 
 
@@ -88,10 +92,12 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             f"false under {LAUNCHER} (batch-norm running statistics are not batched yet)",
         ),
         (
-            run_cfg.metrics.every == 0,
-            "metrics.every",
-            run_cfg.metrics.every,
-            f"0 (metrics=none) under {LAUNCHER}: the geom/* metrics are not batched yet",
+            run_cfg.metrics.every == 0 or set(run_cfg.metrics.metrics()) <= set(BATCHED_METRICS),
+            "metrics.tier",
+            run_cfg.metrics.tier.value,
+            f"economy (metrics=default) or metrics=none under {LAUNCHER}, without include of "
+            f"{', '.join(name for name in METRIC_NAMES if name not in BATCHED_METRICS)} "
+            "(Hessian-vector metrics are not batched yet)",
         ),
         (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
         (not trainer.compile, "trainer.compile", trainer.compile, f"false under {LAUNCHER} (vmap is not compiled)"),
@@ -121,6 +127,8 @@ class Member:
     batches: BatchIterator | None = None
     checkpoints: ckpt.CheckpointManager | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
+    last_geometry: dict[str, float] = field(default_factory=dict)
+    geometry: GeometryProbe | None = None  # its geom/* metrics (metrics.every > 0), on the population's scratch model
     alive: bool = True
 
 
@@ -167,6 +175,10 @@ class Population:
             ckpt.seed_everything(member.run_cfg.seed)  # as memexp.train.build_run: seed, then build
             models.append(MODELS.build(first.model.name, first.model, self.data.spec).to(self.device))
             member.batches = self.data.train_iterator(self.trainer.batch_size, seed=member.run_cfg.seed)
+        # Metrics: a real module takes each member's weights in turn, with an optimizer of the member's
+        # config on it (never stepped: the metrics read its hyperparameters), so every geom/* value
+        # comes from the single run's code (memexp.metrics.GeometryProbe).
+        scratch = copy.deepcopy(models[0]) if first.metrics.every > 0 else None
         stacked, buffers = stack_module_state(models)
         if buffers:
             raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
@@ -193,6 +205,15 @@ class Population:
         self.scheduler = build_scheduler(self._unit, self.trainer, self.max_steps)
         self._unit.step()  # no gradient, no update: only tells the scheduler its optimizer has stepped
         self.eval_sets = self.data.eval_sets(self.trainer.eval_examples)
+        self.scratch = scratch
+        if scratch is not None:
+            for member in members:
+                optimizer_cfg = member.run_cfg.optimizer
+                groups = param_groups_weight_decay(scratch, optimizer_cfg.weight_decay, optimizer_cfg.no_decay)
+                optimizer = OPTIMIZERS.build(optimizer_cfg.name, groups, optimizer_cfg)
+                member.geometry = GeometryProbe(
+                    first.metrics, scratch, self.task.loss, optimizer, self.eval_sets["train"], self.max_steps
+                )
         self.started = time.perf_counter()
 
         def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -219,9 +240,9 @@ class Population:
         views = self.flat.split(self.block_sizes)
         return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
 
-    def member_params(self, index: int) -> dict[str, Tensor]:
-        """Member ``index``'s parameters, as views of the flat tensor."""
-        views = self.flat.detach().split(self.block_sizes)
+    def member_params(self, index: int, flat: Tensor | None = None) -> dict[str, Tensor]:
+        """Member ``index``'s parameters, as views of the flat tensor (or of a copy of it)."""
+        views = (self.flat if flat is None else flat).detach().split(self.block_sizes)
         return {name: view.view(-1, *self.shapes[name])[index] for name, view in zip(self.names, views)}
 
     def evaluate(self, index: int) -> dict[str, float]:
@@ -236,6 +257,26 @@ class Population:
         )
         with torch.no_grad():
             return evaluate_gap(run)  # type: ignore[arg-type]
+
+    def measure(self, step: int, flat_before: Tensor | None) -> None:
+        """Every live member's geom/* metrics after this step's update, as its single run computes them:
+        its weights (and those before the update) on the scratch model, its scheduled lr."""
+        assert self.scratch is not None
+        trainable = [(name, p) for name, p in self.scratch.named_parameters() if p.requires_grad]
+        for index, member in enumerate(self.members):
+            if not member.alive or member.geometry is None:
+                continue
+            weights = self.member_params(index)
+            with torch.no_grad():
+                for name, param in trainable:
+                    param.copy_(weights[name])
+            if flat_before is not None:
+                before = self.member_params(index, flat_before)
+                member.geometry.remember_weights([before[name].clone() for name, _ in trainable])
+            for group in member.geometry.optimizer.param_groups:
+                group["lr"] = self.member_lr(index)  # as the single run's scheduler leaves it after the step
+            member.last_geometry = member.geometry.compute(step)
+            member.logger.log(member.last_geometry, step)  # type: ignore[union-attr]
 
     def member_state(self, index: int, step: int, wall_time_s: float) -> dict[str, Any]:
         member = self.members[index]
@@ -324,6 +365,9 @@ class Population:
                     batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
                     x = torch.stack([b[0] for b in batches])
                     y = torch.stack([b[1] for b in batches])
+                    measure = self.scratch is not None and self.members[0].geometry.due(step + 1)  # type: ignore[union-attr]
+                    # The weights before a metrics step's update (update-to-weight ratio): one copy, that step only.
+                    flat_before = self.flat.detach().clone() if measure else None
                     params = self.stacked_params()
                     losses = member_losses(self.forward(params, x), y)
                     # The members are independent: the gradient of their summed losses is each one's
@@ -346,6 +390,8 @@ class Population:
                         loss_sum.zero_()
                         loss_count = 0
                         self.log_step(step, batch_losses, progress)
+                    if measure:
+                        self.measure(step, flat_before)
                     if trainer.eval_every and step % trainer.eval_every == 0 and step < self.max_steps:
                         for index, member in enumerate(self.members):
                             if member.alive:
@@ -413,7 +459,10 @@ class Population:
             wall_time_s=self.elapsed(),
             lr=self.member_lr(index),
             **member.last_eval,
+            **member.last_geometry,
         )
+        if member.geometry is not None:
+            member.summary["metrics_time_s"] = sum(member.geometry.seconds)
         member.summary.pop("stopped_by", None)
         member.logger.summary(member.summary)  # type: ignore[union-attr]
         member.alive = False
