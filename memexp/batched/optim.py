@@ -13,11 +13,11 @@ follows its single run to rounding. The math of each step is its single-run opti
 - ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
   ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``.
 
-The steps work on blocks: one ``[M, n]`` tensor per parameter (a row per member, contiguous, views
-of the population's flat storage, memexp/batched/population.py). The per-member scalars are cast
-to ``[M, 1]`` once per step and broadcast over every block. The blocks the single run puts in its
-weight-decayed group (memexp.optim.param_groups) come first, ``decayed`` of them; the others get no
-decay, as there.
+The steps work on blocks: ``[M, n]`` tensors, a row per member. The population passes two, column
+blocks of its ``[M, N]`` parameter tensor (memexp/batched/population.py): the parameters the single
+run puts in its weight-decayed group (memexp.optim.param_groups) first, ``decayed`` = 1 block, then
+the others, which get no decay, as there. The per-member scalars are cast to ``[M, 1]`` once per
+step and broadcast over every block.
 """
 
 from __future__ import annotations

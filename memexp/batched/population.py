@@ -183,18 +183,19 @@ class Population:
         if buffers:
             raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
         decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
-        # One flat tensor holds every parameter of every member: a contiguous [M, n] block per
-        # parameter (the decayed ones first), so the forward pass reads contiguous weights, the
-        # optimizer steps on the blocks (memexp/batched/optim.py) and a checkpoint slices a member out.
+        # One [M, N] tensor holds every parameter of every member, a row per member (its N weights, the
+        # weight-decayed parameters first). The optimizer then updates the whole population in a few
+        # passes over two column blocks (decayed, not), the gradient arrives as one [M, N] tensor (one
+        # copy in the backward of the split), and a checkpoint slices a member's row out.
         self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
         self.shapes = {name: stacked[name].shape[1:] for name in self.names}
-        self.block_sizes = [stacked[name].numel() for name in self.names]
-        self.flat = torch.cat([stacked[name].detach().flatten() for name in self.names]).requires_grad_(True)
-        decayed_blocks = sum(decayed[name] for name in self.names)
+        self.sizes = [stacked[name][0].numel() for name in self.names]
+        self.flat = torch.cat([stacked[name].detach().flatten(1) for name in self.names], dim=1).requires_grad_(True)
+        self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
         self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
         del models, stacked
         self.optimizer = BatchedOptimizer(
-            first.optimizer.name, self.blocks(self.flat.detach()), decayed_blocks, member_hyperparameters(members)
+            first.optimizer.name, self.blocks(self.flat.detach()), 1, member_hyperparameters(members)
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -232,18 +233,18 @@ class Population:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
 
     def blocks(self, flat: Tensor) -> list[Tensor]:
-        """``flat`` (the parameters) as one [M, n] view per parameter."""
-        return [block.view(len(self.members), -1) for block in flat.split(self.block_sizes)]
+        """``flat`` ([M, N]: parameters or gradients) as its two column blocks, weight-decayed then not."""
+        return list(flat.split([self.decayed_columns, flat.shape[1] - self.decayed_columns], dim=1))
 
     def stacked_params(self) -> dict[str, Tensor]:
         """Every parameter as a [M, ...] view of the flat tensor (differentiable: one split)."""
-        views = self.flat.split(self.block_sizes)
+        views = self.flat.split(self.sizes, dim=1)
         return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
 
     def member_params(self, index: int, flat: Tensor | None = None) -> dict[str, Tensor]:
-        """Member ``index``'s parameters, as views of the flat tensor (or of a copy of it)."""
-        views = (self.flat if flat is None else flat).detach().split(self.block_sizes)
-        return {name: view.view(-1, *self.shapes[name])[index] for name, view in zip(self.names, views)}
+        """Member ``index``'s parameters, as views of its row of the flat tensor (or of a copy of it)."""
+        views = (self.flat if flat is None else flat).detach()[index].split(self.sizes)
+        return {name: view.view(self.shapes[name]) for name, view in zip(self.names, views)}
 
     def evaluate(self, index: int) -> dict[str, float]:
         """memexp.train.evaluate_gap on member ``index`` (the same evaluation code as a single run)."""
@@ -370,12 +371,9 @@ class Population:
                     flat_before = self.flat.detach().clone() if measure else None
                     params = self.stacked_params()
                     losses = member_losses(self.forward(params, x), y)
-                    # The members are independent: the gradient of their summed losses is each one's
-                    # own. Taken at the per-parameter views, which saves concatenating a flat gradient.
-                    grads = [
-                        g.reshape(len(self.members), -1)
-                        for g in torch.autograd.grad(losses.sum(), list(params.values()))
-                    ]
+                    # The members are independent: the gradient of their summed losses is each one's own.
+                    (gradient,) = torch.autograd.grad(losses.sum(), self.flat)
+                    grads = self.blocks(gradient)
                     if trainer.grad_clip > 0:
                         clip_grad_norms_(grads, trainer.grad_clip)
                     lr = self.base_lr * self.lr_factor()
