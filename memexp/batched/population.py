@@ -363,22 +363,10 @@ class Population:
             try:
                 self.base.train()
                 while step < self.max_steps and any(m.alive for m in self.members):
-                    batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
-                    x = torch.stack([b[0] for b in batches])
-                    y = torch.stack([b[1] for b in batches])
                     measure = self.scratch is not None and self.members[0].geometry.due(step + 1)  # type: ignore[union-attr]
                     # The weights before a metrics step's update (update-to-weight ratio): one copy, that step only.
                     flat_before = self.flat.detach().clone() if measure else None
-                    params = self.stacked_params()
-                    losses = member_losses(self.forward(params, x), y)
-                    # The members are independent: the gradient of their summed losses is each one's own.
-                    (gradient,) = torch.autograd.grad(losses.sum(), self.flat)
-                    grads = self.blocks(gradient)
-                    if trainer.grad_clip > 0:
-                        clip_grad_norms_(grads, trainer.grad_clip)
-                    lr = self.base_lr * self.lr_factor()
-                    frozen = [i for i, m in enumerate(self.members) if not m.alive]
-                    self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+                    losses = self.train_step()
                     self.scheduler.step()
                     step += 1
                     loss_sum += losses.detach()
@@ -427,6 +415,22 @@ class Population:
                 for member in self.members:
                     member.logger.close()  # type: ignore[union-attr]
         return [m.summary for m in self.members]
+
+    def train_step(self) -> Tensor:
+        """One update of every member on its next batch; returns the members' batch losses, [M]."""
+        batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        losses = member_losses(self.forward(self.stacked_params(), x), y)
+        # The members are independent: the gradient of their summed losses is each one's own.
+        (gradient,) = torch.autograd.grad(losses.sum(), self.flat)
+        grads = self.blocks(gradient)
+        if self.trainer.grad_clip > 0:
+            clip_grad_norms_(grads, self.trainer.grad_clip)
+        lr = self.base_lr * self.lr_factor()
+        frozen = [i for i, m in enumerate(self.members) if not m.alive]
+        self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+        return losses
 
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch
