@@ -45,6 +45,12 @@ MEMBERS = {
         ["seed=1", "optimizer.lr=3e-4", "optimizer.weight_decay=0.1", "optimizer.beta1=0.95"],
         ["seed=2", "optimizer.lr=2e-4", "optimizer.beta2=0.98"],
     ],
+    # Lion-K's elementwise kernels, with a per-member softsign temperature.
+    "lion_k": [
+        ["seed=0", "optimizer.kernel=softsign", "optimizer.lr=1e-4", "optimizer.delta=1e-3"],
+        ["seed=1", "optimizer.kernel=softsign", "optimizer.lr=3e-4", "optimizer.delta=0.01", "optimizer.beta1=0.8"],
+        ["seed=2", "optimizer.kernel=softsign", "optimizer.delta=3e-4", "optimizer.weight_decay=0.1"],
+    ],
 }
 # The CNN runs a cosine schedule with warmup and gradient clipping (per member) on top.
 MODELS = {
@@ -231,6 +237,10 @@ def test_launcher_refuses_what_it_cannot_batch_in_one_line(tmp_path: Path) -> No
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("memexp: error: metrics.tier='full' is not allowed: economy (metrics=default)")
+    result = run_memexp(*SWEEP, "optimizer=lion_k", "optimizer.kernel=l2", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: optimizer.kernel='l2' is not allowed: one of l1, softsign, quadratic")
 
 
 KILL_SWEEP = [

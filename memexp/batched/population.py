@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from memexp import checkpoint as ckpt
-from memexp.batched.optim import HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
+from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
 from memexp.config import METRIC_NAMES, METRIC_TIERS, Precision, Resume
 from memexp.data import DATASETS, BatchIterator
 from memexp.errors import ConfigValueError
@@ -44,6 +44,7 @@ from memexp.logging.progress import ProgressReporter
 from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS
@@ -57,6 +58,12 @@ BATCHED_METRICS = METRIC_TIERS["economy"]
 LAUNCHER = "hydra/launcher=batched"
 
 
+def lion_kernel(optimizer_cfg: Any) -> str | None:
+    """lion_k's kernel name; None for the other optimizers."""
+    kernel = getattr(optimizer_cfg, "kernel", None)
+    return None if kernel is None else LionKernel(kernel).value
+
+
 def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
     """Why this job cannot be trained in a population (one line naming the key), or None."""
     optimizer, model, trainer = run_cfg.optimizer, run_cfg.model, run_cfg.trainer
@@ -66,6 +73,13 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             "optimizer.name",
             optimizer.name,
             f"one of {', '.join(HYPERPARAMETERS)} under {LAUNCHER} (the others are not batched yet)",
+        ),
+        (
+            lion_kernel(optimizer) in (None, *ELEMENTWISE_LION_KERNELS),
+            "optimizer.kernel",
+            lion_kernel(optimizer),
+            f"one of {', '.join(ELEMENTWISE_LION_KERNELS)} under {LAUNCHER} "
+            "(norm kernels reduce per tensor: not batched yet)",
         ),
         (
             not getattr(optimizer, "nesterov", False),
@@ -195,7 +209,11 @@ class Population:
         self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
         del models, stacked
         self.optimizer = BatchedOptimizer(
-            first.optimizer.name, self.blocks(self.flat.detach()), 1, member_hyperparameters(members)
+            first.optimizer.name,
+            self.blocks(self.flat.detach()),
+            1,
+            member_hyperparameters(members),
+            kernel=lion_kernel(first.optimizer),
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
