@@ -1,0 +1,326 @@
+"""Does the memoryless-corrected twin track its original on a real mini-batch run? The tables, tests
+and plot of a `memexp tune experiment=twin_distance` study (docs/results/twin_distance/), read from
+the run dirs' metrics.jsonl only (``trainer.twin=true trainer.twin_uncorrected=true`` logs
+``twin/distance`` and ``twin/distance_uncorrected`` at every log step; memexp/twin.py).
+
+1. Confirmation runs (each arm's tuned lr, fresh seeds): per seed, the corrected twin's distance to
+   the run vs the uncorrected memoryless copy's, at the last log step and averaged over all log
+   steps. Paired test per arm on log(corrected / uncorrected): paired t and Wilcoxon (two-sided),
+   Holm over the arms' end-of-run t-tests (the family is every arm of every study passed). A copy
+   that diverged (nan) counts as infinitely far: its log ratio is +inf (corrected diverged) or
+   -inf (uncorrected diverged); the t-test is then undefined (nan) and the sign count decides.
+2. Search runs (every lr of the grid, the tuning seeds): the distance at a fixed time T = n·h, the
+   horizon of the theory (docs/memory_theory.md: O(h²) with the correction, O(h) without), with
+   T = (last step) × (smallest lr), read by log-linear interpolation between log steps at n = T/h for
+   each lr whose n lies within the logged steps; the least-squares slope of log distance vs log h.
+3. A PNG: distance vs step, median over the confirmation seeds with a min-max band, corrected
+   (solid) vs uncorrected (dashed), one panel per arm.
+
+    python scripts/twin_distance.py STUDY_DIR [STUDY_DIR ...] --out docs/results/twin_distance
+
+Prints the JSON it writes to OUT/twin_distance.json; OUT/twin_distance.md holds the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from memexp.report.runs import MetricTrace, RunRecord, load_run_dir
+from memexp.report.stats import holm_adjust, paired_t, wilcoxon_signed_rank
+from memexp.report.tune_study import read_tune_study
+
+CORRECTED, UNCORRECTED = "twin/distance", "twin/distance_uncorrected"
+REL_CORRECTED, REL_UNCORRECTED = "twin/rel_distance", "twin/rel_distance_uncorrected"
+
+
+@dataclass
+class Study:
+    name: str  # the study dir's name, or --names
+    arms: dict[str, list[RunRecord]]  # arm label -> confirmation runs
+    search: dict[str, list[RunRecord]]  # arm label -> search runs (every lr, tuning seeds)
+    chosen: dict[str, dict[str, Any]]  # arm label -> chosen values
+
+
+def load_study(path: Path, name: str) -> Study:
+    study = read_tune_study(path)
+    if study is None:
+        raise SystemExit(f"twin_distance: {path} has no tune.json (pass a `memexp tune` study dir)")
+    arms: dict[str, list[RunRecord]] = {}
+    search: dict[str, list[RunRecord]] = {}
+    chosen: dict[str, dict[str, Any]] = {}
+    for label, arm in study.arms.items():
+        chosen[label] = arm.get("chosen") or {}
+        confirmation = (arm.get("confirmation") or {}).get("run_dirs") or []
+        arms[label] = [load_run_dir(path / run_dir) for run_dir in confirmation if run_dir]
+        search[label] = [
+            load_run_dir(path / seed["run_dir"])
+            for trial in arm.get("trials") or []
+            for seed in trial.get("seeds") or []
+            if seed.get("run_dir")
+        ]
+    return Study(name, arms, search, chosen)
+
+
+def last_value(trace: MetricTrace | None) -> float:
+    """The last logged value; nan (a diverged copy logs nan from then on) counts as infinitely far."""
+    if trace is None or trace.values.size == 0:
+        return math.nan
+    value = float(trace.values[-1])
+    return math.inf if math.isnan(value) else value
+
+
+def mean_value(trace: MetricTrace | None) -> float:
+    if trace is None or trace.values.size == 0:
+        return math.nan
+    return math.inf if np.isnan(trace.values).any() else float(np.mean(trace.values))
+
+
+def log_ratio(a: float, b: float) -> float:
+    if math.isinf(a) and math.isinf(b):
+        return math.nan  # both diverged: no ordering
+    if math.isinf(a):
+        return math.inf
+    if math.isinf(b):
+        return -math.inf
+    return math.log(a / b)
+
+
+def paired_test(ratios: list[float]) -> dict[str, Any]:
+    """Corrected vs uncorrected over seeds from the log ratios (negative: the corrected twin is closer)."""
+    values = np.asarray([r for r in ratios if not math.isnan(r)], dtype=np.float64)
+    finite = bool(np.isfinite(values).all())
+    t_stat, t_p = paired_t(values) if finite else (math.nan, math.nan)
+    _, w_p = wilcoxon_signed_rank(values) if finite else (math.nan, math.nan)
+    return {
+        "n": int(values.size),
+        "corrected_closer": int((values < 0).sum()),
+        "geometric_mean_ratio": float(np.exp(values.mean())) if finite and values.size else None,
+        "ratio_min": float(np.exp(values.min())) if values.size else None,
+        "ratio_max": float(np.exp(values.max())) if values.size else None,
+        "t_statistic": t_stat,
+        "t_pvalue": t_p,
+        "wilcoxon_pvalue": w_p,
+    }
+
+
+def confirmation_table(study: Study) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, runs in study.arms.items():
+        per_seed = []
+        for run in runs:
+            end_c, end_u = last_value(run.history.get(CORRECTED)), last_value(run.history.get(UNCORRECTED))
+            mean_c, mean_u = mean_value(run.history.get(CORRECTED)), mean_value(run.history.get(UNCORRECTED))
+            per_seed.append(
+                {
+                    "seed": run.seed,
+                    "status": run.status,
+                    "end_corrected": end_c,
+                    "end_uncorrected": end_u,
+                    "end_rel_corrected": last_value(run.history.get(REL_CORRECTED)),
+                    "end_rel_uncorrected": last_value(run.history.get(REL_UNCORRECTED)),
+                    "mean_corrected": mean_c,
+                    "mean_uncorrected": mean_u,
+                    "end_loss_diff": last_value(run.history.get("twin/loss_diff")),
+                    "run_dir": run.source,
+                }
+            )
+        out[label] = {
+            "chosen": study.chosen.get(label),
+            "per_seed": per_seed,
+            "end": paired_test([log_ratio(s["end_corrected"], s["end_uncorrected"]) for s in per_seed]),
+            "mean_over_time": paired_test([log_ratio(s["mean_corrected"], s["mean_uncorrected"]) for s in per_seed]),
+        }
+    return out
+
+
+def value_at(trace: MetricTrace | None, step: float) -> float:
+    """Log-linear interpolation of a positive trace at ``step``; nan outside the logged steps or
+    where the copy has diverged by then."""
+    if trace is None or trace.steps.size == 0 or not trace.steps[0] <= step <= trace.steps[-1]:
+        return math.nan
+    steps, values = trace.steps.astype(np.float64), trace.values
+    upper = int(np.searchsorted(steps, step))
+    if steps[upper] == step:
+        return float(values[upper])
+    lower = upper - 1
+    a, b = values[lower], values[upper]
+    if not (a > 0 and b > 0):
+        return math.nan
+    weight = (step - steps[lower]) / (steps[upper] - steps[lower])
+    return float(math.exp((1 - weight) * math.log(a) + weight * math.log(b)))
+
+
+def slope(hs: list[float], distances: list[float]) -> float | None:
+    pairs = [(math.log(h), math.log(d)) for h, d in zip(hs, distances, strict=True) if d > 0 and math.isfinite(d)]
+    if len(pairs) < 2:
+        return None
+    x, y = np.asarray(pairs).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def lr_scaling(study: Study) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label, runs in study.search.items():
+        by_lr: dict[float, list[RunRecord]] = {}
+        for run in runs:
+            by_lr.setdefault(float(run.config["optimizer.lr"]), []).append(run)
+        if not by_lr:
+            continue
+        lrs = sorted(by_lr)
+        last_step = min(int(run.history[CORRECTED].steps[-1]) for run in by_lr[lrs[0]] if CORRECTED in run.history)
+        horizon = last_step * lrs[0]
+        rows = []
+        for lr in lrs:
+            step = horizon / lr
+            corrected = [value_at(run.history.get(CORRECTED), step) for run in by_lr[lr]]
+            uncorrected = [value_at(run.history.get(UNCORRECTED), step) for run in by_lr[lr]]
+            rows.append(
+                {
+                    "lr": lr,
+                    "step": step,
+                    "seeds": [run.seed for run in by_lr[lr]],
+                    "corrected": corrected,
+                    "uncorrected": uncorrected,
+                    "corrected_mean": mean_or_nan(corrected),
+                    "uncorrected_mean": mean_or_nan(uncorrected),
+                }
+            )
+        usable = [r for r in rows if math.isfinite(r["corrected_mean"]) and math.isfinite(r["uncorrected_mean"])]
+        out[label] = {
+            "horizon_T": horizon,
+            "rows": rows,
+            "slope_corrected": slope([r["lr"] for r in usable], [r["corrected_mean"] for r in usable]),
+            "slope_uncorrected": slope([r["lr"] for r in usable], [r["uncorrected_mean"] for r in usable]),
+            "lrs_in_slope": [r["lr"] for r in usable],
+        }
+    return out
+
+
+def mean_or_nan(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if len(finite) == len(values) and finite else math.nan
+
+
+def plot(study: Study, path: Path) -> None:
+    labels = list(study.arms)
+    figure = Figure(figsize=(4.0 * len(labels), 3.4), layout="constrained")
+    panels = figure.subplots(1, len(labels), squeeze=False)[0]
+    for axes, label in zip(panels, labels, strict=True):
+        for metric, style, colour, name in [
+            (CORRECTED, "-", "tab:blue", "corrected twin"),
+            (UNCORRECTED, "--", "tab:red", "uncorrected copy"),
+        ]:
+            traces = [run.history[metric] for run in study.arms[label] if metric in run.history]
+            if not traces:
+                continue
+            steps = traces[0].steps
+            stacked = np.full((len(traces), steps.size), np.nan)
+            for row, trace in enumerate(traces):
+                common = min(trace.values.size, steps.size)
+                stacked[row, :common] = trace.values[:common]
+            with np.errstate(all="ignore"):
+                finite = np.where(np.isfinite(stacked), stacked, np.nan)
+                median = np.nanmedian(finite, axis=0) if np.isfinite(finite).any() else finite[0]
+                low, high = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
+            axes.plot(steps, median, style, color=colour, label=f"{name} (median)")
+            axes.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+            diverged = int(np.isnan(stacked[:, -1]).sum())
+            if diverged:
+                axes.plot([], [], " ", label=f"{name}: {diverged}/{len(traces)} diverged")
+        chosen = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in (study.chosen.get(label) or {}).items())
+        axes.set_title(f"{label.removeprefix('optimizer=')} ({chosen})", fontsize=9)
+        axes.set_yscale("log")
+        axes.set_xlabel("step")
+        axes.set_ylabel("‖θ − θ̃‖")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.suptitle(f"{study.name}: distance to the run, {len(next(iter(study.arms.values())))} seeds, band min-max")
+    figure.savefig(path, dpi=110)
+
+
+def fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.3g}"
+    return str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| study | arm | lr | n | corrected closer (end) | ratio corrected/uncorrected at the end: geo-mean [min, max] "
+        "| paired t p | Holm | Wilcoxon p | corrected closer (time mean) | ratio (time mean) | t p (time mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, study in result["studies"].items():
+        for label, arm in study["confirmation"].items():
+            end, mean = arm["end"], arm["mean_over_time"]
+            lr = (arm["chosen"] or {}).get("optimizer.lr")
+            arm_name = label.removeprefix("optimizer=")
+            lines.append(
+                f"| {name} | {arm_name} | {fmt(lr)} | {end['n']} | {end['corrected_closer']}/{end['n']} "
+                f"| {fmt(end['geometric_mean_ratio'])} [{fmt(end['ratio_min'])}, {fmt(end['ratio_max'])}] "
+                f"| {fmt(end['t_pvalue'])} | {fmt(end['t_pvalue_holm'])} | {fmt(end['wilcoxon_pvalue'])} "
+                f"| {mean['corrected_closer']}/{mean['n']} | {fmt(mean['geometric_mean_ratio'])} "
+                f"| {fmt(mean['t_pvalue'])} |"
+            )
+    lines += [
+        "",
+        "Distance at a fixed time T = n·h (search runs, mean over tuning seeds), and the log-log slope over h:",
+        "",
+        "| study | arm | T | lr: corrected / uncorrected distance | slope corrected | slope uncorrected |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, study in result["studies"].items():
+        for label, scaling in study["lr_scaling"].items():
+            cells = "; ".join(
+                f"{row['lr']:g} (n={row['step']:.0f}): {fmt(row['corrected_mean'])} / {fmt(row['uncorrected_mean'])}"
+                for row in scaling["rows"]
+            )
+            lines.append(
+                f"| {name} | {label.removeprefix('optimizer=')} | {scaling['horizon_T']:.3g} | {cells} "
+                f"| {fmt(scaling['slope_corrected'])} | {fmt(scaling['slope_uncorrected'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+", type=Path, help="memexp tune study dirs (experiment=twin_distance)")
+    parser.add_argument("--names", help="comma-separated names for the studies (default: the dirs' names)")
+    parser.add_argument("--out", type=Path, required=True, help="where twin_distance.{json,md} and the PNGs go")
+    args = parser.parse_args()
+    names = args.names.split(",") if args.names else [path.name for path in args.studies]
+    if len(names) != len(args.studies):
+        raise SystemExit(f"twin_distance: --names has {len(names)} names for {len(args.studies)} studies")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"studies": {}}
+    for path, name in zip(args.studies, names, strict=True):
+        study = load_study(path, name)
+        result["studies"][name] = {
+            "path": str(path),
+            "confirmation": confirmation_table(study),
+            "lr_scaling": lr_scaling(study),
+        }
+        plot(study, args.out / f"distance_{name}.png")
+    # Holm over every end-of-run t-test made (every arm of every study): one family.
+    tests = [arm["end"] for study in result["studies"].values() for arm in study["confirmation"].values()]
+    for test, adjusted in zip(tests, holm_adjust([t["t_pvalue"] for t in tests]), strict=True):
+        test["t_pvalue_holm"] = adjusted
+    result["holm_family_size"] = sum(math.isfinite(t["t_pvalue"]) for t in tests)
+    text = json.dumps(result, indent=1, default=str)
+    (args.out / "twin_distance.json").write_text(text + "\n")
+    (args.out / "twin_distance.md").write_text(markdown(result))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
