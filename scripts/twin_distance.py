@@ -16,7 +16,12 @@ the run dirs' metrics.jsonl only (``trainer.twin=true trainer.twin_uncorrected=t
 3. A PNG: distance vs step, median over the confirmation seeds with a min-max band, corrected
    (solid) vs uncorrected (dashed), one panel per arm.
 
-    python scripts/twin_distance.py STUDY_DIR [STUDY_DIR ...] --out docs/results/twin_distance
+    python scripts/twin_distance.py STUDY_DIR [STUDY_DIR ...] --out docs/results/twin_distance \
+        [--scaling SWEEP_DIR ...]
+
+``--scaling``: multirun dirs of `memexp train -m experiment=twin_distance optimizer.lr=a,b,c,...` (any
+other swept keys: optimizer, trainer.batch_size), tabulated like 2., one table per (optimizer, batch
+size), e.g. small lrs in factors of 2 and full batch vs mini-batches.
 
 Prints the JSON it writes to OUT/twin_distance.json; OUT/twin_distance.md holds the tables.
 """
@@ -33,7 +38,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from memexp.report.runs import MetricTrace, RunRecord, load_run_dir
+from memexp.report.runs import DIVERGED, FINISHED, MetricTrace, RunRecord, find_runs, load_run_dir
 from memexp.report.stats import holm_adjust, paired_t, wilcoxon_signed_rank
 from memexp.report.tune_study import read_tune_study
 
@@ -166,42 +171,54 @@ def slope(hs: list[float], distances: list[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def lr_scaling(study: Study) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for label, runs in study.search.items():
-        by_lr: dict[float, list[RunRecord]] = {}
-        for run in runs:
+def scaling_of(runs: list[RunRecord]) -> dict[str, Any]:
+    """Distance at the fixed time T = (last logged step of the smallest lr) × (smallest lr), per lr."""
+    by_lr: dict[float, list[RunRecord]] = {}
+    for run in runs:
+        if CORRECTED in run.history:
             by_lr.setdefault(float(run.config["optimizer.lr"]), []).append(run)
-        if not by_lr:
-            continue
-        lrs = sorted(by_lr)
-        last_step = min(int(run.history[CORRECTED].steps[-1]) for run in by_lr[lrs[0]] if CORRECTED in run.history)
-        horizon = last_step * lrs[0]
-        rows = []
-        for lr in lrs:
-            step = horizon / lr
-            corrected = [value_at(run.history.get(CORRECTED), step) for run in by_lr[lr]]
-            uncorrected = [value_at(run.history.get(UNCORRECTED), step) for run in by_lr[lr]]
-            rows.append(
-                {
-                    "lr": lr,
-                    "step": step,
-                    "seeds": [run.seed for run in by_lr[lr]],
-                    "corrected": corrected,
-                    "uncorrected": uncorrected,
-                    "corrected_mean": mean_or_nan(corrected),
-                    "uncorrected_mean": mean_or_nan(uncorrected),
-                }
-            )
-        usable = [r for r in rows if math.isfinite(r["corrected_mean"]) and math.isfinite(r["uncorrected_mean"])]
-        out[label] = {
-            "horizon_T": horizon,
-            "rows": rows,
-            "slope_corrected": slope([r["lr"] for r in usable], [r["corrected_mean"] for r in usable]),
-            "slope_uncorrected": slope([r["lr"] for r in usable], [r["uncorrected_mean"] for r in usable]),
-            "lrs_in_slope": [r["lr"] for r in usable],
-        }
-    return out
+    lrs = sorted(by_lr)
+    last_step = min(int(run.history[CORRECTED].steps[-1]) for run in by_lr[lrs[0]])
+    horizon = last_step * lrs[0]
+    rows = []
+    for lr in lrs:
+        step = horizon / lr
+        corrected = [value_at(run.history.get(CORRECTED), step) for run in by_lr[lr]]
+        uncorrected = [value_at(run.history.get(UNCORRECTED), step) for run in by_lr[lr]]
+        rows.append(
+            {
+                "lr": lr,
+                "step": step,
+                "seeds": [run.seed for run in by_lr[lr]],
+                "corrected": corrected,
+                "uncorrected": uncorrected,
+                "corrected_mean": mean_or_nan(corrected),
+                "uncorrected_mean": mean_or_nan(uncorrected),
+            }
+        )
+    usable = [r for r in rows if math.isfinite(r["corrected_mean"]) and math.isfinite(r["uncorrected_mean"])]
+    return {
+        "horizon_T": horizon,
+        "rows": rows,
+        "slope_corrected": slope([r["lr"] for r in usable], [r["corrected_mean"] for r in usable]),
+        "slope_uncorrected": slope([r["lr"] for r in usable], [r["uncorrected_mean"] for r in usable]),
+        "lrs_in_slope": [r["lr"] for r in usable],
+    }
+
+
+def lr_scaling(study: Study) -> dict[str, Any]:
+    return {label: scaling_of(runs) for label, runs in study.search.items() if runs}
+
+
+def scaling_sweeps(paths: list[Path]) -> dict[str, Any]:
+    """Sweeps over optimizer.lr (any other swept key: optimizer, trainer.batch_size): one scaling
+    table per (optimizer, batch size)."""
+    groups: dict[str, list[RunRecord]] = {}
+    for run in find_runs(paths):
+        if run.status in (FINISHED, DIVERGED):
+            label = f"optimizer={run.setting('optimizer')} batch_size={run.setting('trainer.batch_size')}"
+            groups.setdefault(label, []).append(run)
+    return {label: scaling_of(runs) for label, runs in sorted(groups.items())}
 
 
 def mean_or_nan(values: list[float]) -> float:
@@ -279,22 +296,30 @@ def markdown(result: dict[str, Any]) -> str:
         "| study | arm | T | lr: corrected / uncorrected distance | slope corrected | slope uncorrected |",
         "|---|---|---|---|---|---|",
     ]
-    for name, study in result["studies"].items():
-        for label, scaling in study["lr_scaling"].items():
-            cells = "; ".join(
-                f"{row['lr']:g} (n={row['step']:.0f}): {fmt(row['corrected_mean'])} / {fmt(row['uncorrected_mean'])}"
-                for row in scaling["rows"]
-            )
-            lines.append(
-                f"| {name} | {label.removeprefix('optimizer=')} | {scaling['horizon_T']:.3g} | {cells} "
-                f"| {fmt(scaling['slope_corrected'])} | {fmt(scaling['slope_uncorrected'])} |"
-            )
+    scalings = [
+        (name, label, scaling)
+        for name, study in result["studies"].items()
+        for label, scaling in study["lr_scaling"].items()
+    ]
+    scalings += [("scaling sweep", label, scaling) for label, scaling in result["scaling_sweeps"].items()]
+    for name, label, scaling in scalings:
+        cells = "; ".join(
+            f"{row['lr']:g} (n={row['step']:.0f}): {fmt(row['corrected_mean'])} / {fmt(row['uncorrected_mean'])}"
+            for row in scaling["rows"]
+        )
+        lines.append(
+            f"| {name} | {label.removeprefix('optimizer=')} | {scaling['horizon_T']:.3g} | {cells} "
+            f"| {fmt(scaling['slope_corrected'])} | {fmt(scaling['slope_uncorrected'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="+", type=Path, help="memexp tune study dirs (experiment=twin_distance)")
+    parser.add_argument("studies", nargs="*", type=Path, help="memexp tune study dirs (experiment=twin_distance)")
+    parser.add_argument(
+        "--scaling", nargs="*", type=Path, default=[], help="multirun dirs sweeping optimizer.lr (fixed-T tables only)"
+    )
     parser.add_argument("--names", help="comma-separated names for the studies (default: the dirs' names)")
     parser.add_argument("--out", type=Path, required=True, help="where twin_distance.{json,md} and the PNGs go")
     args = parser.parse_args()
@@ -316,6 +341,7 @@ def main() -> None:
     for test, adjusted in zip(tests, holm_adjust([t["t_pvalue"] for t in tests]), strict=True):
         test["t_pvalue_holm"] = adjusted
     result["holm_family_size"] = sum(math.isfinite(t["t_pvalue"]) for t in tests)
+    result["scaling_sweeps"] = scaling_sweeps(args.scaling) if args.scaling else {}
     text = json.dumps(result, indent=1, default=str)
     (args.out / "twin_distance.json").write_text(text + "\n")
     (args.out / "twin_distance.md").write_text(markdown(result))
