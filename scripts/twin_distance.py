@@ -5,10 +5,11 @@ the run dirs' metrics.jsonl only (``trainer.twin=true trainer.twin_uncorrected=t
 
 1. Confirmation runs (each arm's tuned lr, fresh seeds): per seed, the corrected twin's distance to
    the run vs the uncorrected memoryless copy's, at the last log step and averaged over all log
-   steps. Paired test per arm on log(corrected / uncorrected): paired t and Wilcoxon (two-sided),
-   Holm over the arms' end-of-run t-tests (the family is every arm of every study passed). A copy
-   that diverged (nan) counts as infinitely far: its log ratio is +inf (corrected diverged) or
-   -inf (uncorrected diverged); the t-test is then undefined (nan) and the sign count decides.
+   steps. Paired test per arm on log(corrected / uncorrected): the Wilcoxon signed-rank test
+   (two-sided, exact for n <= 16) and the paired t-test; Holm over the arms' end-of-run Wilcoxon
+   tests (the family is every arm of every study passed). A copy that diverged (nan) counts as
+   infinitely far: its log ratio is +inf (corrected diverged) or -inf (uncorrected diverged); the
+   signed-rank test keeps its ranks, the t-test is then undefined (nan).
 2. Search runs (every lr of the grid, the tuning seeds): the distance at a fixed time T = n·h, the
    horizon of the theory (docs/memory_theory.md: O(h²) with the correction, O(h) without), with
    T = (last step) × (smallest lr), read by log-linear interpolation between log steps at n = T/h for
@@ -99,15 +100,25 @@ def log_ratio(a: float, b: float) -> float:
 
 
 def paired_test(ratios: list[float]) -> dict[str, Any]:
-    """Corrected vs uncorrected over seeds from the log ratios (negative: the corrected twin is closer)."""
+    """Corrected vs uncorrected over seeds from the log ratios (negative: the corrected twin is closer).
+    The Wilcoxon signed-rank test needs only the ranks of |log ratio|, which stay defined when a copy
+    diverged (±inf ranks above every finite value), so it is the test every arm has; the paired t-test
+    is reported where no copy diverged."""
     values = np.asarray([r for r in ratios if not math.isnan(r)], dtype=np.float64)
     finite = bool(np.isfinite(values).all())
     t_stat, t_p = paired_t(values) if finite else (math.nan, math.nan)
-    _, w_p = wilcoxon_signed_rank(values) if finite else (math.nan, math.nan)
+    ranked = values.copy()
+    if not finite:  # same ranks: every infinite ratio just above the largest finite magnitude
+        largest = float(np.abs(values[np.isfinite(values)]).max(initial=0.0))
+        ranked[np.isinf(values)] = np.sign(values[np.isinf(values)]) * (largest + 1.0)
+    _, w_p = wilcoxon_signed_rank(ranked)
     return {
         "n": int(values.size),
         "corrected_closer": int((values < 0).sum()),
+        "diverged_corrected": int((values == math.inf).sum()),
+        "diverged_uncorrected": int((values == -math.inf).sum()),
         "geometric_mean_ratio": float(np.exp(values.mean())) if finite and values.size else None,
+        "median_ratio": float(np.exp(np.median(values))) if values.size else None,
         "ratio_min": float(np.exp(values.min())) if values.size else None,
         "ratio_max": float(np.exp(values.max())) if values.size else None,
         "t_statistic": t_stat,
@@ -221,6 +232,11 @@ def scaling_sweeps(paths: list[Path]) -> dict[str, Any]:
     return {label: scaling_of(runs) for label, runs in sorted(groups.items())}
 
 
+def median_of(values: list[float]) -> float:
+    """The median with a diverged copy (nan or inf) ranked above every finite value."""
+    return float(np.median([math.inf if math.isnan(v) else v for v in values])) if values else math.nan
+
+
 def mean_or_nan(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if len(finite) == len(values) and finite else math.nan
@@ -247,7 +263,7 @@ def plot(study: Study, path: Path) -> None:
                 finite = np.where(np.isfinite(stacked), stacked, np.nan)
                 median = np.nanmedian(finite, axis=0) if np.isfinite(finite).any() else finite[0]
                 low, high = np.nanmin(finite, axis=0), np.nanmax(finite, axis=0)
-            axes.plot(steps, median, style, color=colour, label=f"{name} (median)")
+            axes.plot(steps, median, style, color=colour, label=f"{name} (median of the finite)")
             axes.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
             diverged = int(np.isnan(stacked[:, -1]).sum())
             if diverged:
@@ -273,21 +289,24 @@ def fmt(value: Any) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| study | arm | lr | n | corrected closer (end) | ratio corrected/uncorrected at the end: geo-mean [min, max] "
-        "| paired t p | Holm | Wilcoxon p | corrected closer (time mean) | ratio (time mean) | t p (time mean) |",
+        "| study | arm | lr | n | corrected closer at the end | diverged: corrected / uncorrected "
+        "| distance/‖θ‖ at the end, median: corrected / uncorrected | ratio corrected/uncorrected: median [min, max] "
+        "| Wilcoxon p | Holm | paired t p (log ratio) | corrected closer, time mean |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, study in result["studies"].items():
         for label, arm in study["confirmation"].items():
             end, mean = arm["end"], arm["mean_over_time"]
             lr = (arm["chosen"] or {}).get("optimizer.lr")
-            arm_name = label.removeprefix("optimizer=")
+            rel_c = median_of([s["end_rel_corrected"] for s in arm["per_seed"]])
+            rel_u = median_of([s["end_rel_uncorrected"] for s in arm["per_seed"]])
             lines.append(
-                f"| {name} | {arm_name} | {fmt(lr)} | {end['n']} | {end['corrected_closer']}/{end['n']} "
-                f"| {fmt(end['geometric_mean_ratio'])} [{fmt(end['ratio_min'])}, {fmt(end['ratio_max'])}] "
-                f"| {fmt(end['t_pvalue'])} | {fmt(end['t_pvalue_holm'])} | {fmt(end['wilcoxon_pvalue'])} "
-                f"| {mean['corrected_closer']}/{mean['n']} | {fmt(mean['geometric_mean_ratio'])} "
-                f"| {fmt(mean['t_pvalue'])} |"
+                f"| {name} | {label.removeprefix('optimizer=')} | {fmt(lr)} | {end['n']} "
+                f"| {end['corrected_closer']}/{end['n']} | {end['diverged_corrected']} / {end['diverged_uncorrected']} "
+                f"| {fmt(rel_c)} / {fmt(rel_u)} "
+                f"| {fmt(end['median_ratio'])} [{fmt(end['ratio_min'])}, {fmt(end['ratio_max'])}] "
+                f"| {fmt(end['wilcoxon_pvalue'])} | {fmt(end['wilcoxon_pvalue_holm'])} | {fmt(end['t_pvalue'])} "
+                f"| {mean['corrected_closer']}/{mean['n']} |"
             )
     lines += [
         "",
@@ -336,11 +355,11 @@ def main() -> None:
             "lr_scaling": lr_scaling(study),
         }
         plot(study, args.out / f"distance_{name}.png")
-    # Holm over every end-of-run t-test made (every arm of every study): one family.
+    # Holm over every end-of-run signed-rank test made (every arm of every study): one family.
     tests = [arm["end"] for study in result["studies"].values() for arm in study["confirmation"].values()]
-    for test, adjusted in zip(tests, holm_adjust([t["t_pvalue"] for t in tests]), strict=True):
-        test["t_pvalue_holm"] = adjusted
-    result["holm_family_size"] = sum(math.isfinite(t["t_pvalue"]) for t in tests)
+    for test, adjusted in zip(tests, holm_adjust([t["wilcoxon_pvalue"] for t in tests]), strict=True):
+        test["wilcoxon_pvalue_holm"] = adjusted
+    result["holm_family_size"] = sum(math.isfinite(t["wilcoxon_pvalue"]) for t in tests)
     result["scaling_sweeps"] = scaling_sweeps(args.scaling) if args.scaling else {}
     text = json.dumps(result, indent=1, default=str)
     (args.out / "twin_distance.json").write_text(text + "\n")
