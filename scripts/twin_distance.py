@@ -214,6 +214,33 @@ def scaling_of(runs: list[RunRecord]) -> dict[str, Any]:
         "slope_corrected": slope([r["lr"] for r in usable], [r["corrected_mean"] for r in usable]),
         "slope_uncorrected": slope([r["lr"] for r in usable], [r["uncorrected_mean"] for r in usable]),
         "lrs_in_slope": [r["lr"] for r in usable],
+        "per_seed_slopes": per_seed_slopes(rows),
+        "smallest_lr": paired_test([log_ratio(c, u) for c, u in zip(rows[0]["corrected"], rows[0]["uncorrected"])]),
+    }
+
+
+def per_seed_slopes(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each seed's own log-log slopes over every lr (seeds that ran every lr, with every distance
+    finite), and the paired test of slope corrected − slope uncorrected (theory: 2 − 1 = 1 > 0)."""
+    seeds = set(rows[0]["seeds"]).intersection(*(row["seeds"] for row in rows))
+    slopes = []
+    for seed in sorted(seeds):
+        corrected = [row["corrected"][row["seeds"].index(seed)] for row in rows]
+        uncorrected = [row["uncorrected"][row["seeds"].index(seed)] for row in rows]
+        if all(math.isfinite(d) and d > 0 for d in corrected + uncorrected):
+            lrs = [row["lr"] for row in rows]
+            slopes.append({"seed": seed, "corrected": slope(lrs, corrected), "uncorrected": slope(lrs, uncorrected)})
+    differences = np.asarray([s["corrected"] - s["uncorrected"] for s in slopes], dtype=np.float64)
+    _, t_p = paired_t(differences)
+    _, w_p = wilcoxon_signed_rank(differences)
+    return {
+        "seeds": slopes,
+        "n": len(slopes),
+        "mean_corrected": float(np.mean([s["corrected"] for s in slopes])) if slopes else None,
+        "mean_uncorrected": float(np.mean([s["uncorrected"] for s in slopes])) if slopes else None,
+        "mean_difference": float(differences.mean()) if slopes else None,
+        "t_pvalue": t_p,
+        "wilcoxon_pvalue": w_p,
     }
 
 
@@ -330,6 +357,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {label.removeprefix('optimizer=')} | {scaling['horizon_T']:.3g} | {cells} "
             f"| {fmt(scaling['slope_corrected'])} | {fmt(scaling['slope_uncorrected'])} |"
         )
+    if result["scaling_sweeps"]:
+        lines += [
+            "",
+            "Scaling sweeps, per seed: each seed's slopes over the lrs (mean over seeds), the paired test of slope "
+            "corrected − uncorrected, and corrected vs uncorrected distance at the smallest lr (Holm over the sweeps' "
+            "slope tests):",
+            "",
+            "| arm | seeds with every distance finite | slope corrected | slope uncorrected | difference | Wilcoxon p "
+            "| Holm | paired t p | smallest lr: corrected closer | ratio median | Wilcoxon p |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, scaling in result["scaling_sweeps"].items():
+            seeds, small = scaling["per_seed_slopes"], scaling["smallest_lr"]
+            lines.append(
+                f"| {label.removeprefix('optimizer=')} | {seeds['n']} | {fmt(seeds['mean_corrected'])} "
+                f"| {fmt(seeds['mean_uncorrected'])} | {fmt(seeds['mean_difference'])} "
+                f"| {fmt(seeds['wilcoxon_pvalue'])} | {fmt(seeds.get('wilcoxon_pvalue_holm'))} "
+                f"| {fmt(seeds['t_pvalue'])} "
+                f"| {small['corrected_closer']}/{small['n']} | {fmt(small['median_ratio'])} "
+                f"| {fmt(small['wilcoxon_pvalue'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -361,6 +409,9 @@ def main() -> None:
         test["wilcoxon_pvalue_holm"] = adjusted
     result["holm_family_size"] = sum(math.isfinite(t["wilcoxon_pvalue"]) for t in tests)
     result["scaling_sweeps"] = scaling_sweeps(args.scaling) if args.scaling else {}
+    slope_tests = [scaling["per_seed_slopes"] for scaling in result["scaling_sweeps"].values()]
+    for test, adjusted in zip(slope_tests, holm_adjust([t["wilcoxon_pvalue"] for t in slope_tests]), strict=True):
+        test["wilcoxon_pvalue_holm"] = adjusted
     text = json.dumps(result, indent=1, default=str)
     (args.out / "twin_distance.json").write_text(text + "\n")
     (args.out / "twin_distance.md").write_text(markdown(result))

@@ -74,3 +74,21 @@ def test_paired_test_on_log_ratios() -> None:
     patterns = [sum(r for r, s in zip(ranks, f"{k:05b}", strict=True) if s == "1") for k in range(32)]
     expected = 2 * sum(w <= 5.0 for w in patterns) / 32
     assert with_divergence["wilcoxon_pvalue"] == pytest.approx(min(1.0, expected), rel=1e-12)
+
+
+def test_per_seed_slopes_are_each_seeds_own_fit() -> None:
+    hs = [2.5e-4, 5e-4, 1e-3]
+    rows = [
+        {
+            "lr": h,
+            "seeds": [0, 1, 2],
+            "corrected": [3.0 * h**2, 5.0 * h**2, math.nan],  # seed 2's twin diverged: left out
+            "uncorrected": [0.5 * h, 0.2 * h**1.5, 1.0],
+        }
+        for h in hs
+    ]
+    result = SCRIPT.per_seed_slopes(rows)
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    assert [s["corrected"] for s in result["seeds"]] == pytest.approx([2.0, 2.0], abs=1e-12)
+    assert [s["uncorrected"] for s in result["seeds"]] == pytest.approx([1.0, 1.5], abs=1e-12)
+    assert result["mean_difference"] == pytest.approx(0.75, abs=1e-12)
