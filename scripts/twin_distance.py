@@ -233,7 +233,12 @@ def per_seed_slopes(rows: list[dict[str, Any]]) -> dict[str, Any]:
     differences = np.asarray([s["corrected"] - s["uncorrected"] for s in slopes], dtype=np.float64)
     _, t_p = paired_t(differences)
     _, w_p = wilcoxon_signed_rank(differences)
+    # the theory's exponent for the corrected twin: is each seed's slope below 2?
+    below_two = np.asarray([s["corrected"] - 2.0 for s in slopes], dtype=np.float64)
     return {
+        "corrected_minus_2_wilcoxon_pvalue": wilcoxon_signed_rank(below_two)[1],
+        "corrected_min": min((s["corrected"] for s in slopes), default=None),
+        "corrected_max": max((s["corrected"] for s in slopes), default=None),
         "seeds": slopes,
         "n": len(slopes),
         "mean_corrected": float(np.mean([s["corrected"] for s in slopes])) if slopes else None,
@@ -364,17 +369,19 @@ def markdown(result: dict[str, Any]) -> str:
             "corrected − uncorrected, and corrected vs uncorrected distance at the smallest lr (Holm over the sweeps' "
             "slope tests):",
             "",
-            "| arm | seeds with every distance finite | slope corrected | slope uncorrected | difference | Wilcoxon p "
-            "| Holm | paired t p | smallest lr: corrected closer | ratio median | Wilcoxon p |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| arm | seeds with every distance finite | slope corrected [min, max] | slope uncorrected | difference "
+            "| Wilcoxon p | Holm | paired t p | corrected slope vs 2: Wilcoxon p | smallest lr: corrected closer "
+            "| ratio median | Wilcoxon p |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for label, scaling in result["scaling_sweeps"].items():
             seeds, small = scaling["per_seed_slopes"], scaling["smallest_lr"]
             lines.append(
                 f"| {label.removeprefix('optimizer=')} | {seeds['n']} | {fmt(seeds['mean_corrected'])} "
+                f"[{fmt(seeds['corrected_min'])}, {fmt(seeds['corrected_max'])}] "
                 f"| {fmt(seeds['mean_uncorrected'])} | {fmt(seeds['mean_difference'])} "
                 f"| {fmt(seeds['wilcoxon_pvalue'])} | {fmt(seeds.get('wilcoxon_pvalue_holm'))} "
-                f"| {fmt(seeds['t_pvalue'])} "
+                f"| {fmt(seeds['t_pvalue'])} | {fmt(seeds['corrected_minus_2_wilcoxon_pvalue'])} "
                 f"| {small['corrected_closer']}/{small['n']} | {fmt(small['median_ratio'])} "
                 f"| {fmt(small['wilcoxon_pvalue'])} |"
             )
