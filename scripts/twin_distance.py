@@ -14,8 +14,9 @@ the run dirs' metrics.jsonl only (``trainer.twin=true trainer.twin_uncorrected=t
    horizon of the theory (docs/memory_theory.md: O(h²) with the correction, O(h) without), with
    T = (last step) × (smallest lr), read by log-linear interpolation between log steps at n = T/h for
    each lr whose n lies within the logged steps; the least-squares slope of log distance vs log h.
-3. A PNG: distance vs step, median over the confirmation seeds with a min-max band, corrected
-   (solid) vs uncorrected (dashed), one panel per arm.
+3. A PNG per study: distance vs step, median over the confirmation seeds with a min-max band,
+   corrected (solid) vs uncorrected (dashed), one panel per arm; with ``--scaling`` also
+   scaling.png: the distance at the fixed time vs h, log-log.
 
     python scripts/twin_distance.py STUDY_DIR [STUDY_DIR ...] --out docs/results/twin_distance \
         [--scaling SWEEP_DIR ...]
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from memexp.report.runs import DIVERGED, FINISHED, MetricTrace, RunRecord, find_runs, load_run_dir
 from memexp.report.stats import holm_adjust, paired_t, wilcoxon_signed_rank
@@ -311,6 +313,43 @@ def plot(study: Study, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def plot_scaling(sweeps: dict[str, Any], path: Path) -> None:
+    """Distance at the fixed time T vs h, log-log, one panel per optimizer: corrected (solid) and
+    uncorrected (dashed), one colour per batch size, each seed a dot; the theory's slopes 2 and 1 as
+    grey guides through the first batch size's corrected / uncorrected means at the smallest h."""
+    by_optimizer: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for label, scaling in sweeps.items():
+        optimizer, batch = label.split(" ")
+        by_optimizer.setdefault(optimizer.removeprefix("optimizer="), []).append((batch, scaling))
+    figure = Figure(figsize=(4.2 * len(by_optimizer), 3.6), layout="constrained")
+    panels = figure.subplots(1, len(by_optimizer), squeeze=False)[0]
+    colours = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
+    for axes, (optimizer, groups) in zip(panels, sorted(by_optimizer.items()), strict=True):
+        for colour, (batch, scaling) in zip(colours, sorted(groups), strict=False):
+            lrs = np.asarray([row["lr"] for row in scaling["rows"]])
+            for key, style in [("corrected", "-"), ("uncorrected", "--")]:
+                means = np.asarray([row[f"{key}_mean"] for row in scaling["rows"]])
+                axes.plot(lrs, means, style, color=colour, marker="o", markersize=3, label=f"{key}, {batch}")
+                for row in scaling["rows"]:
+                    finite = [d for d in row[key] if math.isfinite(d)]
+                    axes.plot([row["lr"]] * len(finite), finite, ".", color=colour, alpha=0.3, markersize=3)
+        guide = sorted(groups, key=lambda group: group[0])[0][1]  # the first batch size's sweep
+        first = guide["rows"][0]
+        h = np.asarray([row["lr"] for row in guide["rows"]])
+        for power, key in [(2, "corrected_mean"), (1, "uncorrected_mean")]:
+            if math.isfinite(first[key]) and first[key] > 0:
+                axes.plot(h, first[key] * (h / h[0]) ** power, ":", color="grey", linewidth=0.8)
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # the 2-3 minor labels of a short log axis collide
+        axes.set_title(f"{optimizer}: distance at T = {groups[0][1]['horizon_T']:.3g} (grey: slopes 2, 1)", fontsize=9)
+        axes.set_xlabel("h (lr)")
+        axes.set_ylabel("‖θ − θ̃‖ at T")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=6)
+    figure.savefig(path, dpi=110)
+
+
 def fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
@@ -416,6 +455,8 @@ def main() -> None:
         test["wilcoxon_pvalue_holm"] = adjusted
     result["holm_family_size"] = sum(math.isfinite(t["wilcoxon_pvalue"]) for t in tests)
     result["scaling_sweeps"] = scaling_sweeps(args.scaling) if args.scaling else {}
+    if result["scaling_sweeps"]:
+        plot_scaling(result["scaling_sweeps"], args.out / "scaling.png")
     slope_tests = [scaling["per_seed_slopes"] for scaling in result["scaling_sweeps"].values()]
     for test, adjusted in zip(slope_tests, holm_adjust([t["wilcoxon_pvalue"] for t in slope_tests]), strict=True):
         test["wilcoxon_pvalue_holm"] = adjusted
