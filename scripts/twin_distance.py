@@ -255,13 +255,23 @@ def lr_scaling(study: Study) -> dict[str, Any]:
     return {label: scaling_of(runs) for label, runs in study.search.items() if runs}
 
 
+# Overrides that scripts/twin_scaling.sh sets for every run or per lr: never part of a sweep's label.
+SCALING_KEYS = frozenset(
+    {"optimizer", "optimizer.lr", "trainer.batch_size", "trainer.max_steps", "trainer.eval_every", "trainer.log_every"}
+    | {"seed", "experiment", "size", "logger", "trainer.progress"}
+)
+
+
 def scaling_sweeps(paths: list[Path]) -> dict[str, Any]:
-    """Sweeps over optimizer.lr (any other swept key: optimizer, trainer.batch_size): one scaling
-    table per (optimizer, batch size)."""
+    """Sweeps over optimizer.lr: one scaling table per (optimizer, batch size, any other override
+    such as optimizer.eps=0.5)."""
     groups: dict[str, list[RunRecord]] = {}
     for run in find_runs(paths):
         if run.status in (FINISHED, DIVERGED):
-            label = f"optimizer={run.setting('optimizer')} batch_size={run.setting('trainer.batch_size')}"
+            others = [f"{key}={value}" for key, value in sorted(run.overrides.items()) if key not in SCALING_KEYS]
+            label = " ".join(
+                [f"optimizer={run.setting('optimizer')}", f"batch_size={run.setting('trainer.batch_size')}", *others]
+            )
             groups.setdefault(label, []).append(run)
     return {label: scaling_of(runs) for label, runs in sorted(groups.items())}
 
@@ -314,13 +324,15 @@ def plot(study: Study, path: Path) -> None:
 
 
 def plot_scaling(sweeps: dict[str, Any], path: Path) -> None:
-    """Distance at the fixed time T vs h, log-log, one panel per optimizer: corrected (solid) and
-    uncorrected (dashed), one colour per batch size, each seed a dot; the theory's slopes 2 and 1 as
-    grey guides through the first batch size's corrected / uncorrected means at the smallest h."""
+    """Distance at the fixed time T vs h, log-log, one panel per optimizer (and any other override of
+    the sweep, e.g. optimizer.eps): corrected (solid) and uncorrected (dashed), one colour per batch
+    size, each seed a dot; the theory's slopes 2 and 1 as grey guides through the first batch size's
+    corrected / uncorrected means at the smallest h."""
     by_optimizer: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for label, scaling in sweeps.items():
-        optimizer, batch = label.split(" ")
-        by_optimizer.setdefault(optimizer.removeprefix("optimizer="), []).append((batch, scaling))
+        optimizer, batch, *others = label.split(" ")  # one panel per optimizer and other overrides
+        panel = " ".join([optimizer.removeprefix("optimizer="), *others])
+        by_optimizer.setdefault(panel, []).append((batch, scaling))
     figure = Figure(figsize=(4.2 * len(by_optimizer), 3.6), layout="constrained")
     panels = figure.subplots(1, len(by_optimizer), squeeze=False)[0]
     colours = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
