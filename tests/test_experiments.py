@@ -24,6 +24,11 @@ PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
     ),
     "adaptive_memory": (33, ["optimizer=am_sgd"], {"geom/am_beta", "optim/beta_mean", "gap/acc"}),
     "lion_k_kernels": (6, ["optimizer.kernel=softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/acc"}),
+    "twin_distance": (
+        12,
+        ["optimizer=adamw_beta2_0.99", "optimizer.lr=1e-3"],
+        {"twin/distance", "twin/distance_uncorrected", "twin/rel_distance", "twin/loss_diff", "gap/loss"},
+    ),
 }
 
 
