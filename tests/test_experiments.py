@@ -24,6 +24,8 @@ PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
     ),
     "adaptive_memory": (33, ["optimizer=am_sgd"], {"geom/am_beta", "optim/beta_mean", "gap/acc"}),
     "lion_k_kernels": (6, ["optimizer.kernel=softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/acc"}),
+    "adamw_beta2": (12, ["optimizer.beta2=0.95"], {"geom/correction", "geom/grad_l1", "gap/loss"}),
+    "lion_box": (9, ["optimizer=lion_k_softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/loss"}),
 }
 
 
