@@ -28,6 +28,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from memexp.report.stats import estimate, holm_adjust, paired_t
+from memexp.rundir import Status
+
+FINISHED = Status.FINISHED.value  # rows with another status ("not reached" with --at, diverged) are not read
 
 ALPHA = 0.05
 
@@ -37,7 +40,7 @@ def read_table(path: Path, order: list[str], metric: str) -> tuple[list[str], np
     values: dict[str, dict[str, float]] = {}
     with path.open() as handle:
         for row in csv.DictReader(handle):
-            if row["group"] not in order or metric not in row:
+            if row["group"] not in order or metric not in row or row.get("status", FINISHED) != FINISHED:
                 continue
             text = row[metric]
             number = float(text) if text not in ("", None) else math.nan

@@ -24,6 +24,9 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from memexp.report.stats import estimate, paired_t
+from memexp.rundir import Status
+
+FINISHED = Status.FINISHED.value  # rows with another status ("not reached" with --at, diverged) are not read
 
 
 def paired_values(path: Path, a: str, b: str, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -31,7 +34,8 @@ def paired_values(path: Path, a: str, b: str, metric: str) -> tuple[list[str], n
     with path.open() as handle:
         for row in csv.DictReader(handle):
             text = row.get(metric, "")
-            if row["group"] in by_group and text not in ("", None) and math.isfinite(float(text)):
+            usable = row.get("status", FINISHED) == FINISHED and text not in ("", None)
+            if row["group"] in by_group and usable and math.isfinite(float(text)):
                 by_group[row["group"]][row["seed"]] = float(text)
     seeds = sorted(set(by_group[a]) & set(by_group[b]), key=int)
     return seeds, np.array([by_group[a][s] for s in seeds]), np.array([by_group[b][s] for s in seeds])

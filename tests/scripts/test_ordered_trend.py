@@ -19,12 +19,15 @@ ORDER = ["arm=a", "arm=b", "arm=c"]
 
 
 def write_runs(path: Path, rows: dict[str, list[float]], metric: str = "gap/loss") -> Path:
+    """None: a run that never reached a `report --at` reading point (listed with its final value)."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "seed", "status", metric])
         for seed, values in rows.items():
             for arm, value in zip(ORDER, values):
-                writer.writerow([arm, seed, "finished", "" if value is None else value])
+                writer.writerow(
+                    [arm, seed, "finished", value] if value is not None else [arm, seed, "not reached", 99.0]
+                )
     return path
 
 

@@ -24,11 +24,12 @@ def test_tost_and_one_sided_by_hand(tmp_path: Path, capsys: pytest.CaptureFixtur
     runs = tmp_path / "runs.csv"
     with runs.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["group", "seed", "train/loss"])
+        writer.writerow(["group", "seed", "status", "train/loss"])
         for seed, (a, b) in enumerate([(0.101, 0.1), (0.203, 0.2), (0.299, 0.3), (0.401, 0.4)]):
-            writer.writerow(["g=a", seed, a])
-            writer.writerow(["g=b", seed, b])
-        writer.writerow(["g=a", 9, 0.5])  # no partner in B: left out
+            writer.writerow(["g=a", seed, "finished", a])
+            writer.writerow(["g=b", seed, "finished", b])
+        writer.writerow(["g=a", 9, "finished", 0.5])  # its partner never reached the reading point: left out
+        writer.writerow(["g=b", 9, "not reached", 0.001])
     code = paired_equivalence.main(
         [str(runs), "--a", "g=a", "--b", "g=b", "--metric", "train/loss", "--margin", "0.01"]
     )
