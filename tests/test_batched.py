@@ -45,6 +45,12 @@ MEMBERS = {
         ["seed=1", "optimizer.lr=3e-4", "optimizer.weight_decay=0.1", "optimizer.beta1=0.95"],
         ["seed=2", "optimizer.lr=2e-4", "optimizer.beta2=0.98"],
     ],
+    # Lion-K's elementwise kernels, with a per-member softsign temperature.
+    "lion_k": [
+        ["seed=0", "optimizer.kernel=softsign", "optimizer.lr=1e-4", "optimizer.delta=1e-3"],
+        ["seed=1", "optimizer.kernel=softsign", "optimizer.lr=3e-4", "optimizer.delta=0.01", "optimizer.beta1=0.8"],
+        ["seed=2", "optimizer.kernel=softsign", "optimizer.delta=3e-4", "optimizer.weight_decay=0.1"],
+    ],
 }
 # The CNN runs a cosine schedule with warmup and gradient clipping (per member) on top.
 MODELS = {
@@ -107,6 +113,43 @@ def test_each_member_follows_its_single_run(
         print(f"\n{optimizer}/{model}: first 50 losses max rel err {worst_loss:.2e}, final held-out {worst_final:.2e}")
     assert worst_loss <= 1e-4
     assert worst_final <= 1e-3
+
+
+def geometry_rows(run_dir: Path) -> dict[int, dict[str, float]]:
+    """The geom/* values logged at each step."""
+    rows: dict[int, dict[str, float]] = {}
+    for entry in read_metrics(run_dir / "metrics.jsonl"):
+        values = {k: v for k, v in entry.items() if k.startswith("geom/")}
+        if values:
+            rows.setdefault(entry["step"], {}).update(values)
+    return rows
+
+
+@pytest.mark.parametrize("optimizer", list(MEMBERS))
+def test_each_member_logs_its_single_runs_economy_metrics(optimizer: str, compose: Compose, tmp_path: Path) -> None:
+    """metrics=default (the economy tier) batches: every member logs the geom/* values its single run
+    logs, at the same steps (weight decay, momentum and betas differ across the members)."""
+    torch.set_num_threads(1)
+    trainer = ["trainer.max_steps=30", "trainer.log_every=10", "trainer.eval_every=10", "logger=none"]
+    trainer += ["metrics=default", "trainer.lr_schedule=cosine"]  # the correction term scales with the scheduled lr
+    configs = [compose([f"optimizer={optimizer}", "model=mlp", *trainer, *m]) for m in MEMBERS[optimizer]]
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    summaries = population.train()
+    compared, worst = 0, 0.0
+    for index, cfg in enumerate(configs):
+        _, expected = single_run(cfg, tmp_path / f"single{index}")
+        want, got = geometry_rows(tmp_path / f"single{index}"), geometry_rows(tmp_path / f"member{index}")
+        assert sorted(got) == sorted(want) == [10, 20, 30]
+        for step, values in want.items():
+            assert got[step].keys() == values.keys(), step
+            for key, value in values.items():
+                assert got[step][key] == pytest.approx(value, rel=1e-3, abs=1e-6), (index, step, key)
+                worst = max(worst, relative_error(got[step][key], value) if abs(value) > 1e-6 else 0.0)
+                compared += 1
+        assert {k for k in summaries[index] if k.startswith("geom/")} == {k for k in expected if k.startswith("geom/")}
+        assert summaries[index]["metrics_time_s"] > 0
+    assert compared >= 3 * 3 * 8  # members x steps x (grad norms, correction, weight and update norms, ...)
+    print(f"{optimizer}: {compared} geom/* values, worst relative error {worst:.1e}")
 
 
 def test_a_diverging_member_stops_and_the_others_go_on(compose: Compose, tmp_path: Path) -> None:
@@ -190,6 +233,14 @@ def test_launcher_refuses_what_it_cannot_batch_in_one_line(tmp_path: Path) -> No
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("memexp: error: optimizer.name='am_sgd' is not allowed: one of sgd, adamw, lion")
     assert not (tmp_path / "outputs").exists()
+    result = run_memexp(*SWEEP[:-1], "metrics=full", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: metrics.tier='full' is not allowed: economy (metrics=default)")
+    result = run_memexp(*SWEEP, "optimizer=lion_k", "optimizer.kernel=l2", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: optimizer.kernel='l2' is not allowed: one of l1, softsign, quadratic")
 
 
 KILL_SWEEP = [

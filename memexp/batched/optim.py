@@ -11,13 +11,17 @@ follows its single run to rounding. The math of each step is its single-run opti
 - ``adamw``: torch.optim.AdamW (memexp/optim/adamw.py), decoupled decay ``x ← x·(1 − η·λ)``, bias
   corrections ``1 − β^t``, ``denom = sqrt(v)/sqrt(1 − β2^t) + ε``;
 - ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
-  ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``.
+  ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``;
+- ``lion_k``: memexp.optim.lion_k.LionK with an elementwise kernel (``l1``, ``softsign`` with a
+  per-member ``delta``, ``quadratic``): Lion with ∇K(c) for sign(c), the kernel applied by the single
+  run's own ``apply_kernel_gradient``. The per-tensor norm kernels (``l2``, ``linf``) would need a
+  reduction per member and tensor and are refused (memexp/batched/population.py).
 
-The steps work on blocks: one ``[M, n]`` tensor per parameter (a row per member, contiguous, views
-of the population's flat storage, memexp/batched/population.py). The per-member scalars are cast
-to ``[M, 1]`` once per step and broadcast over every block. The blocks the single run puts in its
-weight-decayed group (memexp.optim.param_groups) come first, ``decayed`` of them; the others get no
-decay, as there.
+The steps work on blocks: ``[M, n]`` tensors, a row per member. The population passes two, column
+blocks of its ``[M, N]`` parameter tensor (memexp/batched/population.py): the parameters the single
+run puts in its weight-decayed group (memexp.optim.param_groups) first, ``decayed`` = 1 block, then
+the others, which get no decay, as there. The per-member scalars are cast to ``[M, 1]`` once per
+step and broadcast over every block.
 """
 
 from __future__ import annotations
@@ -27,17 +31,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memexp.optim.lion_k import apply_kernel_gradient
+
 # Per-member hyperparameters of each batched optimizer (the config keys that may differ inside a
 # population), and the state buffers it keeps per parameter.
 HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "sgd": ("lr", "momentum", "dampening", "weight_decay"),
     "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay"),
     "lion": ("lr", "beta1", "beta2", "weight_decay"),
+    "lion_k": ("lr", "beta1", "beta2", "weight_decay", "delta"),
 }
+# lion_k kernels whose gradient ∇K(c) is elementwise (the others reduce per tensor).
+ELEMENTWISE_LION_KERNELS = ("l1", "softsign", "quadratic")
 STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum_buffer",),
     "adamw": ("exp_avg", "exp_avg_sq"),
     "lion": ("exp_avg",),
+    "lion_k": ("exp_avg",),
 }
 
 
@@ -87,6 +97,24 @@ def lion_step(
         momentum.lerp_(grad, h["one_minus_beta2"])
 
 
+def lion_k_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momenta: list[Tensor],
+    decayed: int,
+    h: dict[str, Tensor],
+    kernel: str,
+) -> None:
+    """LionK's step, in its order of operations (kernel l1 is lion_step bit for bit)."""
+    for index, (param, grad, momentum) in enumerate(zip(params, grads, momenta)):
+        direction = torch.lerp(momentum, grad, h["one_minus_beta1"])
+        apply_kernel_gradient(kernel, [direction], h["delta"], foreach=False)  # type: ignore[arg-type]
+        if index < decayed:
+            param.mul_(h["decay_factor"])
+        param.addcmul_(h["neg_lr"], direction)
+        momentum.lerp_(grad, h["one_minus_beta2"])
+
+
 def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
     """This step's per-member scalars in float64 ([M]): what the single-run optimizer computes in
     Python floats from its hyperparameters, the scheduled lr and the step count."""
@@ -104,6 +132,8 @@ def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> 
     }
     if name == "lion":
         return {**scalars, "neg_lr": -lr}
+    if name == "lion_k":
+        return {**scalars, "neg_lr": -lr, "delta": hyper["delta"]}
     return {
         **scalars,
         "beta2": hyper["beta2"],
@@ -129,10 +159,20 @@ class BatchedOptimizer:
     blocks ``params`` (the first ``decayed`` weight-decayed): ``step(grads, lr)`` updates them in
     place; members listed in ``frozen`` keep their parameters."""
 
-    def __init__(self, name: str, params: list[Tensor], decayed: int, hyper: dict[str, Tensor]) -> None:
+    def __init__(
+        self,
+        name: str,
+        params: list[Tensor],
+        decayed: int,
+        hyper: dict[str, Tensor],
+        kernel: str | None = None,
+    ) -> None:
+        """``kernel``: lion_k's (one of ELEMENTWISE_LION_KERNELS); None for the other optimizers."""
         if name not in HYPERPARAMETERS:
             raise ValueError(f"no batched optimizer {name!r}")
-        self.name, self.params, self.hyper = name, params, hyper
+        if name == "lion_k" and kernel not in ELEMENTWISE_LION_KERNELS:
+            raise ValueError(f"lion_k kernel {kernel!r} is not elementwise: not batched")
+        self.name, self.params, self.hyper, self.kernel = name, params, hyper, kernel
         # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
         self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
@@ -154,8 +194,10 @@ class BatchedOptimizer:
             sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
             adamw_step(params, grads, buffers[0], buffers[1], decayed, h)
-        else:
+        elif self.name == "lion":
             lion_step(params, grads, buffers[0], decayed, h)
+        else:
+            lion_k_step(params, grads, buffers[0], decayed, h, str(self.kernel))
         for param, old in zip(params, kept):
             param[frozen] = old
 

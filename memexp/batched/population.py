@@ -18,6 +18,7 @@ member has a readable checkpoint, else from step 0 (deterministic either way).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -34,14 +35,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from memexp import checkpoint as ckpt
-from memexp.batched.optim import HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
-from memexp.config import Precision, Resume
+from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
+from memexp.config import METRIC_NAMES, METRIC_TIERS, Precision, Resume
 from memexp.data import DATASETS, BatchIterator
 from memexp.errors import ConfigValueError
 from memexp.logging import LocalLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
+from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
-from memexp.optim import param_groups_weight_decay
+from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS
@@ -50,7 +53,15 @@ from memexp.train import RunConfig, evaluate_gap, resolve_device
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
 BATCHED_MODELS = ("mlp", "cnn", "vit")
+# The geom/* metrics a population computes per member (the economy tier: one probe-set gradient each).
+BATCHED_METRICS = METRIC_TIERS["economy"]
 LAUNCHER = "hydra/launcher=batched"
+
+
+def lion_kernel(optimizer_cfg: Any) -> str | None:
+    """lion_k's kernel name; None for the other optimizers."""
+    kernel = getattr(optimizer_cfg, "kernel", None)
+    return None if kernel is None else LionKernel(kernel).value
 
 
 def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
@@ -62,6 +73,13 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             "optimizer.name",
             optimizer.name,
             f"one of {', '.join(HYPERPARAMETERS)} under {LAUNCHER} (the others are not batched yet)",
+        ),
+        (
+            lion_kernel(optimizer) in (None, *ELEMENTWISE_LION_KERNELS),
+            "optimizer.kernel",
+            lion_kernel(optimizer),
+            f"one of {', '.join(ELEMENTWISE_LION_KERNELS)} under {LAUNCHER} "
+            "(norm kernels reduce per tensor: not batched yet)",
         ),
         (
             not getattr(optimizer, "nesterov", False),
@@ -88,10 +106,12 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             f"false under {LAUNCHER} (batch-norm running statistics are not batched yet)",
         ),
         (
-            run_cfg.metrics.every == 0,
-            "metrics.every",
-            run_cfg.metrics.every,
-            f"0 (metrics=none) under {LAUNCHER}: the geom/* metrics are not batched yet",
+            run_cfg.metrics.every == 0 or set(run_cfg.metrics.metrics()) <= set(BATCHED_METRICS),
+            "metrics.tier",
+            run_cfg.metrics.tier.value,
+            f"economy (metrics=default) or metrics=none under {LAUNCHER}, without include of "
+            f"{', '.join(name for name in METRIC_NAMES if name not in BATCHED_METRICS)} "
+            "(Hessian-vector metrics are not batched yet)",
         ),
         (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
         (not trainer.compile, "trainer.compile", trainer.compile, f"false under {LAUNCHER} (vmap is not compiled)"),
@@ -121,6 +141,8 @@ class Member:
     batches: BatchIterator | None = None
     checkpoints: ckpt.CheckpointManager | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
+    last_geometry: dict[str, float] = field(default_factory=dict)
+    geometry: GeometryProbe | None = None  # its geom/* metrics (metrics.every > 0), on the population's scratch model
     alive: bool = True
 
 
@@ -167,22 +189,31 @@ class Population:
             ckpt.seed_everything(member.run_cfg.seed)  # as memexp.train.build_run: seed, then build
             models.append(MODELS.build(first.model.name, first.model, self.data.spec).to(self.device))
             member.batches = self.data.train_iterator(self.trainer.batch_size, seed=member.run_cfg.seed)
+        # Metrics: a real module takes each member's weights in turn, with an optimizer of the member's
+        # config on it (never stepped: the metrics read its hyperparameters), so every geom/* value
+        # comes from the single run's code (memexp.metrics.GeometryProbe).
+        scratch = copy.deepcopy(models[0]) if first.metrics.every > 0 else None
         stacked, buffers = stack_module_state(models)
         if buffers:
             raise ConfigValueError("model.name", first.model.name, f"a model without buffers under {LAUNCHER}")
         decayed = decayed_parameters(models[0], list(first.optimizer.no_decay))
-        # One flat tensor holds every parameter of every member: a contiguous [M, n] block per
-        # parameter (the decayed ones first), so the forward pass reads contiguous weights, the
-        # optimizer steps on the blocks (memexp/batched/optim.py) and a checkpoint slices a member out.
+        # One [M, N] tensor holds every parameter of every member, a row per member (its N weights, the
+        # weight-decayed parameters first). The optimizer then updates the whole population in a few
+        # passes over two column blocks (decayed, not), the gradient arrives as one [M, N] tensor (one
+        # copy in the backward of the split), and a checkpoint slices a member's row out.
         self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
         self.shapes = {name: stacked[name].shape[1:] for name in self.names}
-        self.block_sizes = [stacked[name].numel() for name in self.names]
-        self.flat = torch.cat([stacked[name].detach().flatten() for name in self.names]).requires_grad_(True)
-        decayed_blocks = sum(decayed[name] for name in self.names)
+        self.sizes = [stacked[name][0].numel() for name in self.names]
+        self.flat = torch.cat([stacked[name].detach().flatten(1) for name in self.names], dim=1).requires_grad_(True)
+        self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
         self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
         del models, stacked
         self.optimizer = BatchedOptimizer(
-            first.optimizer.name, self.blocks(self.flat.detach()), decayed_blocks, member_hyperparameters(members)
+            first.optimizer.name,
+            self.blocks(self.flat.detach()),
+            1,
+            member_hyperparameters(members),
+            kernel=lion_kernel(first.optimizer),
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -193,6 +224,15 @@ class Population:
         self.scheduler = build_scheduler(self._unit, self.trainer, self.max_steps)
         self._unit.step()  # no gradient, no update: only tells the scheduler its optimizer has stepped
         self.eval_sets = self.data.eval_sets(self.trainer.eval_examples)
+        self.scratch = scratch
+        if scratch is not None:
+            for member in members:
+                optimizer_cfg = member.run_cfg.optimizer
+                groups = param_groups_weight_decay(scratch, optimizer_cfg.weight_decay, optimizer_cfg.no_decay)
+                optimizer = OPTIMIZERS.build(optimizer_cfg.name, groups, optimizer_cfg)
+                member.geometry = GeometryProbe(
+                    first.metrics, scratch, self.task.loss, optimizer, self.eval_sets["train"], self.max_steps
+                )
         self.started = time.perf_counter()
 
         def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -211,18 +251,18 @@ class Population:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
 
     def blocks(self, flat: Tensor) -> list[Tensor]:
-        """``flat`` (the parameters) as one [M, n] view per parameter."""
-        return [block.view(len(self.members), -1) for block in flat.split(self.block_sizes)]
+        """``flat`` ([M, N]: parameters or gradients) as its two column blocks, weight-decayed then not."""
+        return list(flat.split([self.decayed_columns, flat.shape[1] - self.decayed_columns], dim=1))
 
     def stacked_params(self) -> dict[str, Tensor]:
         """Every parameter as a [M, ...] view of the flat tensor (differentiable: one split)."""
-        views = self.flat.split(self.block_sizes)
+        views = self.flat.split(self.sizes, dim=1)
         return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
 
-    def member_params(self, index: int) -> dict[str, Tensor]:
-        """Member ``index``'s parameters, as views of the flat tensor."""
-        views = self.flat.detach().split(self.block_sizes)
-        return {name: view.view(-1, *self.shapes[name])[index] for name, view in zip(self.names, views)}
+    def member_params(self, index: int, flat: Tensor | None = None) -> dict[str, Tensor]:
+        """Member ``index``'s parameters, as views of its row of the flat tensor (or of a copy of it)."""
+        views = (self.flat if flat is None else flat).detach()[index].split(self.sizes)
+        return {name: view.view(self.shapes[name]) for name, view in zip(self.names, views)}
 
     def evaluate(self, index: int) -> dict[str, float]:
         """memexp.train.evaluate_gap on member ``index`` (the same evaluation code as a single run)."""
@@ -236,6 +276,26 @@ class Population:
         )
         with torch.no_grad():
             return evaluate_gap(run)  # type: ignore[arg-type]
+
+    def measure(self, step: int, flat_before: Tensor | None) -> None:
+        """Every live member's geom/* metrics after this step's update, as its single run computes them:
+        its weights (and those before the update) on the scratch model, its scheduled lr."""
+        assert self.scratch is not None
+        trainable = [(name, p) for name, p in self.scratch.named_parameters() if p.requires_grad]
+        for index, member in enumerate(self.members):
+            if not member.alive or member.geometry is None:
+                continue
+            weights = self.member_params(index)
+            with torch.no_grad():
+                for name, param in trainable:
+                    param.copy_(weights[name])
+            if flat_before is not None:
+                before = self.member_params(index, flat_before)
+                member.geometry.remember_weights([before[name].clone() for name, _ in trainable])
+            for group in member.geometry.optimizer.param_groups:
+                group["lr"] = self.member_lr(index)  # as the single run's scheduler leaves it after the step
+            member.last_geometry = member.geometry.compute(step)
+            member.logger.log(member.last_geometry, step)  # type: ignore[union-attr]
 
     def member_state(self, index: int, step: int, wall_time_s: float) -> dict[str, Any]:
         member = self.members[index]
@@ -321,22 +381,10 @@ class Population:
             try:
                 self.base.train()
                 while step < self.max_steps and any(m.alive for m in self.members):
-                    batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
-                    x = torch.stack([b[0] for b in batches])
-                    y = torch.stack([b[1] for b in batches])
-                    params = self.stacked_params()
-                    losses = member_losses(self.forward(params, x), y)
-                    # The members are independent: the gradient of their summed losses is each one's
-                    # own. Taken at the per-parameter views, which saves concatenating a flat gradient.
-                    grads = [
-                        g.reshape(len(self.members), -1)
-                        for g in torch.autograd.grad(losses.sum(), list(params.values()))
-                    ]
-                    if trainer.grad_clip > 0:
-                        clip_grad_norms_(grads, trainer.grad_clip)
-                    lr = self.base_lr * self.lr_factor()
-                    frozen = [i for i, m in enumerate(self.members) if not m.alive]
-                    self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+                    measure = self.scratch is not None and self.members[0].geometry.due(step + 1)  # type: ignore[union-attr]
+                    # The weights before a metrics step's update (update-to-weight ratio): one copy, that step only.
+                    flat_before = self.flat.detach().clone() if measure else None
+                    losses = self.train_step()
                     self.scheduler.step()
                     step += 1
                     loss_sum += losses.detach()
@@ -346,6 +394,8 @@ class Population:
                         loss_sum.zero_()
                         loss_count = 0
                         self.log_step(step, batch_losses, progress)
+                    if measure:
+                        self.measure(step, flat_before)
                     if trainer.eval_every and step % trainer.eval_every == 0 and step < self.max_steps:
                         for index, member in enumerate(self.members):
                             if member.alive:
@@ -384,6 +434,22 @@ class Population:
                     member.logger.close()  # type: ignore[union-attr]
         return [m.summary for m in self.members]
 
+    def train_step(self) -> Tensor:
+        """One update of every member on its next batch; returns the members' batch losses, [M]."""
+        batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        losses = member_losses(self.forward(self.stacked_params(), x), y)
+        # The members are independent: the gradient of their summed losses is each one's own.
+        (gradient,) = torch.autograd.grad(losses.sum(), self.flat)
+        grads = self.blocks(gradient)
+        if self.trainer.grad_clip > 0:
+            clip_grad_norms_(grads, self.trainer.grad_clip)
+        lr = self.base_lr * self.lr_factor()
+        frozen = [i for i, m in enumerate(self.members) if not m.alive]
+        self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+        return losses
+
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch
         for index, member in enumerate(self.members):
@@ -413,7 +479,10 @@ class Population:
             wall_time_s=self.elapsed(),
             lr=self.member_lr(index),
             **member.last_eval,
+            **member.last_geometry,
         )
+        if member.geometry is not None:
+            member.summary["metrics_time_s"] = sum(member.geometry.seconds)
         member.summary.pop("stopped_by", None)
         member.logger.summary(member.summary)  # type: ignore[union-attr]
         member.alive = False

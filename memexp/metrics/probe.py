@@ -536,10 +536,13 @@ class GeometryProbe:
     def due(self, step: int) -> bool:
         return self.schedule.due(step) or step in self.cfg.r_med_at_steps
 
-    def remember_weights(self) -> None:
-        """Copy the weights before a metrics step's update (only then: normal steps pay nothing)."""
+    def remember_weights(self, weights: list[Tensor] | None = None) -> None:
+        """Copy the weights before a metrics step's update (only then: normal steps pay nothing).
+        ``weights``: already-copied weights in the order of the model's trainable parameters (a
+        population's member, whose weights the model holds only while it is measured)."""
         if self._wants_before:
-            self._before = [p.detach().clone() for p in self.model.parameters() if p.requires_grad]
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            self._before = weights if weights is not None else [p.detach().clone() for p in trainable]
 
     def compute(self, step: int) -> dict[str, float]:
         before, self._before = self._before, None
