@@ -29,6 +29,8 @@ PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
         ["optimizer=adamw_beta2_0.99", "optimizer.lr=1e-3"],
         {"twin/distance", "twin/distance_uncorrected", "twin/rel_distance", "twin/loss_diff", "gap/loss"},
     ),
+    "adamw_beta2": (12, ["optimizer.beta2=0.95"], {"geom/correction", "geom/grad_l1", "gap/loss"}),
+    "lion_box": (9, ["optimizer=lion_k_softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/loss"}),
 }
 
 

@@ -22,6 +22,7 @@ from memexp.optim import (
     MemorylessAdamW,
     MemorylessLion,
     MemorylessSGD,
+    ProjectedAdam,
 )
 from tests.optim.problems import mlp_closure, small_mlp
 
@@ -123,8 +124,11 @@ def test_memoryless_stats_describe_the_correction() -> None:
     assert stats["implicit_penalty"] > 0
 
 
-CONFIG_NAMES = ["lion", "lion_k", "sgd_memoryless", "adamw_memoryless", "lion_memoryless", "am_sgd", "am_adamw"]
+CONFIG_NAMES = [
+    "lion", "lion_k", "sgd_memoryless", "adamw_memoryless", "lion_memoryless", "am_sgd", "am_adamw", "projected_adam"
+]
 CLASSES = [Lion, LionK, MemorylessSGD, MemorylessAdamW, MemorylessLion, AdaptiveMemorySGD, AdaptiveMemoryAdamW]
+CLASSES += [ProjectedAdam]
 
 
 @pytest.mark.parametrize(("name", "cls"), list(zip(CONFIG_NAMES, CLASSES)))
@@ -197,6 +201,7 @@ def test_every_optimizer_describes_itself() -> None:
         "lion_memoryless": (MemorylessLion, MemoryFamily.lion, True),
         "am_sgd": (AdaptiveMemorySGD, MemoryFamily.adaptive_memory, False),
         "am_adamw": (AdaptiveMemoryAdamW, MemoryFamily.adaptive_memory, True),
+        "projected_adam": (ProjectedAdam, MemoryFamily.adam, False),
     }
     assert sorted(expected) == OPTIMIZERS.names()
     for name, (cls, family, decoupled) in expected.items():
