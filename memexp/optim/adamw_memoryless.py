@@ -25,6 +25,7 @@ from torch import Tensor
 
 from memexp.optim.adamw import check_adamw_arguments
 from memexp.optim.base import global_dot, global_l1
+from memexp.optim.closure_hvp import HessianVectorProducts
 from memexp.optim.memory import MemoryFamily, adam_lag, implicit_penalty, penalty_coefficient
 from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
 from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
@@ -99,11 +100,12 @@ class MemorylessAdamW(MemorylessOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         context: Any,
-        products: list[Tensor] | None,
+        hessian_vector: HessianVectorProducts | None,
         n: int,
         foreach: bool,
         stats: SquaredNorms,
     ) -> None:
+        products = None if hessian_vector is None else hessian_vector.materialize_()
         h, scale, eps, wd = group["lr"], group["correction_scale"], group["eps"], group["weight_decay"]
         beta1, beta2 = group["betas"]
         # θ·g at the step's starting point, before the update below moves θ (the decay's penalty term).
@@ -141,7 +143,6 @@ class MemorylessAdamW(MemorylessOptimizer):
                 "penalty",
                 lambda: implicit_penalty(MemoryFamily.adam, coef, global_l1(grads), theta_dot_gradient, wd, loss),
             )
-
 
 
 ADAMW_MEMORYLESS_INFO = register_optimizer(

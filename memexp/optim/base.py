@@ -37,6 +37,8 @@ def check_argument(condition: bool, key: str, value: Any, allowed: str) -> None:
 def check_betas(betas: tuple[float, float] | list[float]) -> None:
     for index, beta in enumerate(betas):
         check_argument(0.0 <= beta < 1.0, f"betas[{index}]", beta, "a number in [0, 1)")
+
+
 Closure = Callable[..., Tensor]
 
 

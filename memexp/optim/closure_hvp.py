@@ -11,13 +11,14 @@ Three methods (constructor argument ``hvp=``):
 - ``"double_backward"``: H·v = ∇⟨∇L, v⟩ with ``create_graph=True``; exact, one call, but the model
   must support double backward and the closure must accept ``create_graph`` (memexp's does).
 
-The finite differences call the closure at perturbed parameters. Afterwards the parameters are
-copied back from a saved copy (adding and subtracting r·v̂ is not exact in floating point), the
-original ``.grad`` tensors are put back, and the random number generators are rewound so that the
-perturbed pass draws the *same* dropout masks as the real one (a different mask would make the
-difference O(1) instead of O(r)) and the training run's random stream is as if the closure had run
-once. One thing a closure call changes that an optimizer cannot undo: BatchNorm running statistics
-get one extra (almost identical) update per extra call.
+The finite differences call the closure at perturbed parameters: each parameter's storage is
+swapped for θ + r·v̂ and swapped back afterwards (adding and subtracting r·v̂ would not be exact in
+floating point; the swap restores θ bit for bit at no cost), the original ``.grad`` tensors are put
+back, and the random number generators are rewound so that the perturbed pass draws the *same*
+dropout masks as the real one (a different mask would make the difference O(1) instead of O(r)) and
+the training run's random stream is as if the closure had run once. One thing a closure call changes
+that an optimizer cannot undo: BatchNorm running statistics get one extra (almost identical) update
+per extra call.
 
 The radius: r = rel·max(‖θ‖, 1) with rel = eps^(1/2) (forward) or eps^(1/3) (central) of the
 parameter dtype, the classic balance of truncation and round-off error; ``hvp_radius`` overrides rel.
@@ -86,29 +87,72 @@ def first_gradient(method: str, closure: Closure | None) -> Tensor | None:
         return call_closure(closure, create_graph=True)
 
 
+class HessianVectorProducts:
+    """H·v per tensor in the form its method produced it: H·v = (ends − starts)·scale.
+
+    A forward difference leaves ends = ∇L(θ + s·v), starts = ∇L(θ) (the step's gradients) and
+    scale = 1/s, a 0-d tensor (no host sync); the exact and central methods leave the products
+    themselves (starts and scale None). Keeping the parts lets a consumer that needs only g + c·H·v
+    (Lion's twin) form it in one lerp pass instead of a subtraction, a division and an addition;
+    the others call ``materialize_``. Views made by ``pick`` share the tensors: each tensor belongs
+    to one view, which materializes it once.
+    """
+
+    def __init__(self, ends: list[Tensor], starts: list[Tensor] | None = None, scale: Tensor | None = None) -> None:
+        self.ends, self.starts, self.scale = ends, starts, scale
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def pick(self, indices: Sequence[int]) -> HessianVectorProducts:
+        if len(indices) == len(self.ends) and list(indices) == list(range(len(self.ends))):
+            return self
+        starts = None if self.starts is None else [self.starts[i] for i in indices]
+        return HessianVectorProducts([self.ends[i] for i in indices], starts, self.scale)
+
+    def materialize_(self) -> list[Tensor]:
+        """The products H·v, formed in place in ``ends`` (fresh tensors of this step) on first call."""
+        if self.starts is not None:
+            torch._foreach_sub_(self.ends, self.starts)
+            torch._foreach_mul_(self.ends, self.scale)
+            self.starts = self.scale = None
+        return self.ends
+
+    def gradient_plus(self, gradients: list[Tensor], factor: float) -> list[Tensor]:
+        """New tensors g + factor·H·v. When ``gradients`` are this forward difference's starts,
+        g + factor·(g' − g)·scale = lerp(g, g', factor·scale): one pass."""
+        if self.starts is not None and all(a is b for a, b in zip(self.starts, gradients, strict=True)):
+            return torch._foreach_lerp(gradients, self.ends, factor * self.scale)
+        return torch._foreach_add(gradients, self.materialize_(), alpha=factor)
+
+
 def _gradients_at(
     params: list[Tensor],
     vectors: list[Tensor],
     scale: Tensor,
-    backup: list[Tensor],
-    backup_grads: list[Tensor],
+    saved_grads: list[Tensor],
     closure: Closure,
     rng: RNGSnapshot,
 ) -> list[Tensor]:
-    """∇L at θ + scale·v; θ is copied back from ``backup`` afterwards (bit-exact)."""
-    # In place, one pass, no shift buffer: θ += v·scale (scale a 0-d tensor, so no host sync).
-    torch._foreach_addcmul_(params, vectors, [scale] * len(params))
+    """∇L at θ + scale·v. The parameters' storage is swapped for a perturbed copy and swapped back
+    afterwards: θ is restored bit for bit with no backup copy and no copy back (one pass, not three)."""
+    originals = [p.data for p in params]
+    # scale is a 0-d tensor (no host sync); the new tensors hold θ + scale·v.
+    for param, perturbed in zip(params, torch._foreach_addcmul(originals, vectors, [scale] * len(params))):
+        param.data = perturbed
     for param in params:
         param.grad = None
     rng.restore()
-    call_closure(closure)
-    # Fresh tensors: the caller forms the difference in them in place. (A closure that hands back
-    # tensors it keeps, e.g. precomputed gradients, gets copies.)
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    kept = {id(g) for g in backup_grads}
-    grads = [g.clone() if id(g) in kept else g for g in grads]
-    torch._foreach_copy_(params, backup)
-    return grads
+    try:
+        call_closure(closure)
+        # Fresh tensors: the caller forms the difference in them in place. (A closure that hands back
+        # tensors it keeps, e.g. precomputed gradients, gets copies.)
+        kept = {id(g) for g in saved_grads}
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        return [g.clone() if id(g) in kept else g for g in grads]
+    finally:
+        for param, original in zip(params, originals):
+            param.data = original
 
 
 def hessian_vector_product(
@@ -118,7 +162,7 @@ def hessian_vector_product(
     closure: Closure,
     rng: RNGSnapshot | None,
     radius: float | None = None,
-) -> list[Tensor]:
+) -> HessianVectorProducts:
     """H·v over all ``params`` together (H couples them), at the point where the closure was just
     evaluated. On entry ``p.grad`` holds ∇L(θ) (with its graph for ``double_backward``); on exit
     every ``p.grad`` is the same detached gradient, parameters and RNG are as on entry."""
@@ -132,7 +176,8 @@ def hessian_vector_product(
             products = torch.autograd.grad(dot, params, allow_unused=True)
         for param in params:
             param.grad = param.grad.detach()
-        return [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products)]
+        exact = [torch.zeros_like(p) if h is None else h.detach() for p, h in zip(params, products)]
+        return HessianVectorProducts(exact)
 
     assert rng is not None
     with torch.no_grad():
@@ -146,27 +191,25 @@ def _finite_difference(
     rng: RNGSnapshot,
     central: bool,
     radius: float | None,
-) -> list[Tensor]:
+) -> HessianVectorProducts:
     relative = radius if radius is not None else torch.finfo(params[0].dtype).eps ** (1 / 3 if central else 1 / 2)
     # All scalars stay tensors: no host sync inside the step.
     device = params[0].device
     step_length = global_norm(params).clamp_min(1.0) * relative
     v_norm = global_norm(vectors)
     scale = (step_length / v_norm.clamp_min(torch.finfo(v_norm.dtype).tiny)).to(device)  # |scale·v| = r
-    backup = [p.detach().clone() for p in params]
     saved_grads = [p.grad for p in params]
     after = RNGSnapshot(params)
-    # The differences are formed in place in the fresh gradient tensors (no extra buffers).
-    difference = _gradients_at(params, vectors, scale, backup, saved_grads, closure, rng)
+    try:
+        plus = _gradients_at(params, vectors, scale, saved_grads, closure, rng)
+        if central:
+            minus = _gradients_at(params, vectors, -scale, saved_grads, closure, rng)
+    finally:
+        for param, grad in zip(params, saved_grads):
+            param.grad = grad
+        after.restore()
     if central:
-        minus = _gradients_at(params, vectors, -scale, backup, saved_grads, closure, rng)
-        torch._foreach_sub_(difference, minus)
-        divisor = 2.0 * scale
-    else:
-        torch._foreach_sub_(difference, saved_grads)
-        divisor = scale
-    for param, grad in zip(params, saved_grads):
-        param.grad = grad
-    after.restore()
-    torch._foreach_div_(difference, divisor)
-    return difference
+        torch._foreach_sub_(plus, minus)
+        torch._foreach_mul_(plus, 0.5 / scale)
+        return HessianVectorProducts(plus)
+    return HessianVectorProducts(plus, saved_grads, scale.reciprocal())

@@ -27,9 +27,10 @@ import torch
 from torch import Tensor
 
 from memexp.optim.base import global_dot, global_l1
+from memexp.optim.closure_hvp import HessianVectorProducts
 from memexp.optim.lion import check_lion_args, constraint_stats
 from memexp.optim.memory import MemoryFamily, hvp_directions, implicit_penalty, penalty_coefficient
-from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms
+from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms, lazy_tensors
 from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
 
 
@@ -87,26 +88,29 @@ class MemorylessLion(MemorylessOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         context: Any,
-        products: list[Tensor] | None,
+        hessian_vector: HessianVectorProducts | None,
         n: int,
         foreach: bool,
         stats: SquaredNorms,
     ) -> None:
         h, wd = group["lr"], group["weight_decay"]
+        corrected = hessian_vector is not None
         # h·scale·C_n/W_n: the twin's factor is the memory's penalty coefficient (memexp.optim.memory).
-        factor = penalty_coefficient(MemoryFamily.lion, group, n) if products is not None else 0.0
+        factor = penalty_coefficient(MemoryFamily.lion, group, n) if corrected else 0.0
         # θ·g at the step's starting point, before the update below moves θ (the decay's penalty term).
-        theta_dot_gradient = global_dot(params, grads) if products is not None and wd != 0 else 0.0
+        theta_dot_gradient = global_dot(params, grads) if corrected and wd != 0 else 0.0
         if foreach:
-            if products is not None:
-                directions = torch._foreach_add(grads, products, alpha=factor)
-                torch._foreach_sign_(directions)  # in place: one buffer for the argument and its sign
+            if hessian_vector is not None:
+                # g + factor·H·v straight from the finite difference's parts (one pass), then its sign in place.
+                directions = hessian_vector.gradient_plus(grads, factor)
+                torch._foreach_sign_(directions)
             else:
                 directions = torch._foreach_sign(grads)
             if wd != 0:
                 torch._foreach_mul_(params, 1 - h * wd)
             torch._foreach_add_(params, directions, alpha=-h)
         else:
+            products = None if hessian_vector is None else hessian_vector.materialize_()
             directions = []
             for index, (param, grad) in enumerate(zip(params, grads)):
                 direction = grad.add(products[index], alpha=factor).sign_() if products is not None else grad.sign()
@@ -115,10 +119,12 @@ class MemorylessLion(MemorylessOptimizer):
                 param.add_(direction, alpha=-h)
                 directions.append(direction)
         stats.add_norm("gradient", 1.0, grads)
-        if products is not None:
+        if hessian_vector is not None:
+            # The statistics are read at log steps only: H·v and the flips are formed then, not every step.
+            products = lazy_tensors(hessian_vector.materialize_)
             stats.add_norm("correction", factor, products)
             stats.add_dot("cosine", factor, grads, products)
-            stats.add_mean("flips", [d != g.sign() for d, g in zip(directions, grads)])
+            stats.add_mean("flips", lazy_tensors(lambda: [d != g.sign() for d, g in zip(directions, grads)]))
             loss = 0.0 if stats.loss is None else stats.loss
             stats.add_term(
                 "penalty",

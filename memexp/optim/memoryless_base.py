@@ -22,7 +22,13 @@ import torch
 from torch import Tensor
 
 from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument, global_dot
-from memexp.optim.closure_hvp import check_hvp_method, first_gradient, hessian_vector_product, prepare_closure
+from memexp.optim.closure_hvp import (
+    HessianVectorProducts,
+    check_hvp_method,
+    first_gradient,
+    hessian_vector_product,
+    prepare_closure,
+)
 
 
 def check_correction_args(correction_scale: float, hvp: str, hvp_radius: float | None) -> None:
@@ -66,7 +72,7 @@ class SquaredNorms:
         self.norm_pieces: dict[str, list[tuple[float, Tensors]]] = {}
         self.dot_pieces: dict[str, list[tuple[float, Tensors, Tensors]]] = {}
         self.sum_pieces: dict[str, list[tuple[float, list[Tensor], bool]]] = {}
-        self.count_pieces: dict[str, list[list[Tensor]]] = {}
+        self.count_pieces: dict[str, list[Tensors]] = {}
         self.term_pieces: dict[str, list[Callable[[], Tensor]]] = {}
         self.loss: Tensor | None = None  # the closure's loss at the step's starting point
 
@@ -83,7 +89,7 @@ class SquaredNorms:
         """A lazily computed summand of ``total(name)``."""
         self.term_pieces.setdefault(name, []).append(term)
 
-    def add_mean(self, name: str, tensors: list[Tensor]) -> None:
+    def add_mean(self, name: str, tensors: Tensors) -> None:
         self.count_pieces.setdefault(name, []).append(tensors)
 
     def total(self, name: str) -> Tensor:
@@ -95,7 +101,7 @@ class SquaredNorms:
         return torch.stack(total).sum() if total else torch.zeros(())
 
     def mean(self, name: str) -> Tensor:
-        tensors = [t for pieces in self.count_pieces.get(name, []) for t in pieces]
+        tensors = [t for pieces in self.count_pieces.get(name, []) for t in _resolve(pieces)]
         if not tensors:
             return torch.zeros(())
         return torch.stack([t.sum().float() for t in tensors]).sum() / sum(t.numel() for t in tensors)
@@ -144,7 +150,7 @@ class MemorylessOptimizer(MemexpOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         context: Any,
-        products: list[Tensor] | None,
+        products: HessianVectorProducts | None,
         n: int,
         foreach: bool,
         stats: SquaredNorms,
@@ -187,7 +193,7 @@ class MemorylessOptimizer(MemexpOptimizer):
             prepared.append((group, params, grads, context, vectors, foreach))
         if not prepared:
             return loss
-        products: list[Tensor] | None = None
+        products: HessianVectorProducts | None = None
         if corrects:
             assert closure is not None
             params_flat = [p for _, params, *_ in prepared for p in params]
@@ -199,7 +205,7 @@ class MemorylessOptimizer(MemexpOptimizer):
         for group, params, grads, context, _, foreach in prepared:
             group_products = None
             if products is not None and self._group_corrects(group):
-                group_products = products[offset : offset + len(params)]
+                group_products = products.pick(range(offset, offset + len(params)))
             offset += len(params)
             steps = [self.state[p].get("step", 0) for p in params]
             for n, indices in buckets_by_step(steps).items():
@@ -208,7 +214,7 @@ class MemorylessOptimizer(MemexpOptimizer):
                     _pick(params, indices),
                     _pick(grads, indices),
                     _pick_context(context, indices, len(params)),
-                    None if group_products is None else _pick(group_products, indices),
+                    None if group_products is None else group_products.pick(indices),
                     n,
                     foreach,
                     stats,

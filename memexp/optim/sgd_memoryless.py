@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from memexp.optim.base import global_dot
+from memexp.optim.closure_hvp import HessianVectorProducts
 from memexp.optim.memory import MemoryFamily, heavy_ball_coefficients, penalty_coefficient
 from memexp.optim.memoryless_base import MemorylessOptimizer, SquaredNorms, lazy_tensors
 from memexp.optim.registry import OptimizerConfig, OptimizerInfo, register_optimizer
@@ -104,11 +105,12 @@ class MemorylessSGD(MemorylessOptimizer):
         params: list[Tensor],
         grads: list[Tensor],
         context: Any,
-        products: list[Tensor] | None,
+        hessian_vector: HessianVectorProducts | None,
         n: int,
         foreach: bool,
         stats: SquaredNorms,
     ) -> None:
+        products = None if hessian_vector is None else hessian_vector.materialize_()
         h, wd, scale = group["lr"], group["weight_decay"], group["correction_scale"]
         s_n, c_n = heavy_ball_coefficients(group["momentum"], n)
         decayed: list[Tensor] = context["decayed"]

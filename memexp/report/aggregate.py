@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from memexp.report.grouping import Group
 from memexp.report.runs import FINISHED, RunRecord, per_tensor_metrics
-from memexp.report.stats import Estimate, PairedComparison, estimate, paired_comparison
+from memexp.report.stats import Estimate, PairedComparison, estimate, paired_comparison, with_holm
 from memexp.splits import EVAL_PREFIXES
 
 # The generalization-gap triple first (train, test, gap), then validation, in this order; then other
@@ -95,4 +95,4 @@ def build_report(
             )
             if comparison.n >= 2:
                 comparisons.append(comparison)
-    return Report(keys, groups, metrics, estimates, comparisons, skipped, confidence, left_out)
+    return Report(keys, groups, metrics, estimates, with_holm(comparisons), skipped, confidence, left_out)

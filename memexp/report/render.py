@@ -26,7 +26,8 @@ TESTS_TEXT = (
     "difference = A − B per seed, over the seeds both groups finished; {pct}% t-interval of the mean "
     "difference; p-values of two two-sided tests: the paired t-test (assumes normal differences) and the "
     "Wilcoxon signed-rank test (zero differences dropped, mid-ranks for ties, exact over all 2^n sign flips "
-    "for n ≤ 16; it cannot go below 2/2^n, e.g. 0.25 with n=3). Not corrected for multiple comparisons."
+    "for n ≤ 16; it cannot go below 2/2^n, e.g. 0.25 with n=3). Holm p: the paired-t p-value Holm-adjusted over "
+    "the family of every group pair compared on the same metric (m = the family's size)."
 )
 
 
@@ -38,6 +39,10 @@ def p_value(value: float) -> str:
     if not math.isfinite(value):
         return "-"
     return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def holm_text(c: PairedComparison) -> str:
+    return f"{p_value(c.t_pvalue_holm)} ({c.family_size})" if math.isfinite(c.t_pvalue_holm) else "-"
 
 
 def cell(est: Estimate, group_n: int, multiline: bool) -> str:
@@ -113,7 +118,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
     for (group_a, group_b), comparisons in comparisons_by_pair(report).items():
         seeds = ", ".join(map(str, comparisons[0].seeds))
         compare = Table(title=escape(f"{group_a} − {group_b}: paired over seeds {seeds}"))
-        for name in ("metric", "n", f"mean diff [{pct}% interval]", "paired t p", "Wilcoxon p"):
+        for name in ("metric", "n", f"mean diff [{pct}% interval]", "paired t p", "Holm p (m)", "Wilcoxon p"):
             compare.add_column(name, justify="left" if name == "metric" else "right")
         for c in comparisons:
             significant = math.isfinite(c.t_pvalue) and c.t_pvalue < 1 - report.confidence
@@ -122,6 +127,7 @@ def print_report(report: Report, console: Console | None = None) -> None:
                 str(c.n),
                 difference_text(c),
                 f"[bold]{p_value(c.t_pvalue)}[/bold]" if significant else p_value(c.t_pvalue),
+                holm_text(c),
                 p_value(c.wilcoxon_pvalue),
             )
         console.print(compare)
@@ -200,9 +206,16 @@ def markdown(
             seeds = ", ".join(map(str, comparisons[0].seeds))
             lines += [f"### {md(group_a)} − {md(group_b)} (seeds {seeds})", ""]
             lines += md_table(
-                ["metric", "n", f"mean diff [{pct}% interval]", "paired t p", "Wilcoxon p"],
+                ["metric", "n", f"mean diff [{pct}% interval]", "paired t p", "Holm p (m)", "Wilcoxon p"],
                 [
-                    [c.metric, str(c.n), difference_text(c), p_value(c.t_pvalue), p_value(c.wilcoxon_pvalue)]
+                    [
+                        c.metric,
+                        str(c.n),
+                        difference_text(c),
+                        p_value(c.t_pvalue),
+                        holm_text(c),
+                        p_value(c.wilcoxon_pvalue),
+                    ]
                     for c in comparisons
                 ],
             )
@@ -293,6 +306,8 @@ def write_csvs(report: Report, out_dir: Path) -> None:
                 "ci_high",
                 "t_statistic",
                 "t_pvalue",
+                "t_pvalue_holm",
+                "holm_family_size",
                 "wilcoxon_statistic",
                 "wilcoxon_pvalue",
             ]
@@ -315,9 +330,10 @@ def write_csvs(report: Report, out_dir: Path) -> None:
                             d.ci_high,
                             c.t_statistic,
                             c.t_pvalue,
-                            c.wilcoxon_statistic,
-                            c.wilcoxon_pvalue,
+                            c.t_pvalue_holm,
                         )
                     ),
+                    c.family_size,
+                    *(csv_number(v) for v in (c.wilcoxon_statistic, c.wilcoxon_pvalue)),
                 ]
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -79,10 +79,43 @@ class PairedComparison:
     t_pvalue: float
     wilcoxon_statistic: float
     wilcoxon_pvalue: float
+    # Holm-adjusted paired-t p-value over the report's family for this metric (every pair of groups
+    # compared on it), and that family's size: filled by `with_holm`, NaN / 1 for a lone comparison.
+    t_pvalue_holm: float = NAN
+    family_size: int = 1
 
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+
+def holm_adjust(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (controls the family-wise error rate, any dependence): sort the m
+    defined p-values ascending, p_(i) -> max_{j <= i} min(1, (m − j + 1) p_(j)); NaN stays NaN and
+    does not count towards m."""
+    defined = sorted((p, i) for i, p in enumerate(pvalues) if math.isfinite(p))
+    adjusted = [NAN] * len(pvalues)
+    running_max = 0.0
+    m = len(defined)
+    for rank, (p, index) in enumerate(defined):
+        running_max = max(running_max, min(1.0, (m - rank) * p))
+        adjusted[index] = running_max
+    return adjusted
+
+
+def with_holm(comparisons: Sequence[PairedComparison]) -> list[PairedComparison]:
+    """The comparisons with Holm-adjusted t p-values, one family per metric (the verdict on a metric
+    is one of as many tests as there are group pairs compared on it)."""
+    by_metric: dict[str, list[int]] = {}
+    for index, c in enumerate(comparisons):
+        by_metric.setdefault(c.metric, []).append(index)
+    result = list(comparisons)
+    for indices in by_metric.values():
+        adjusted = holm_adjust([comparisons[i].t_pvalue for i in indices])
+        family = sum(math.isfinite(comparisons[i].t_pvalue) for i in indices)
+        for i, p in zip(indices, adjusted, strict=True):
+            result[i] = replace(comparisons[i], t_pvalue_holm=p, family_size=family)
+    return result
 
 
 def paired_t(differences: np.ndarray) -> tuple[float, float]:

@@ -202,7 +202,7 @@ def test_hvp_matches_the_dense_hessian(method: str, tolerance: float) -> None:
     closure(create_graph=method == "double_backward")
     vector = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     vectors = [vector[:4].reshape(2, 2), vector[4:]]
-    products = hessian_vector_product(method, params, vectors, closure, rng)
+    products = hessian_vector_product(method, params, vectors, closure, rng).materialize_()
     expected = problem.hessian(problem.start) @ vector
     error = torch.linalg.vector_norm(problem.flat(products) - expected) / torch.linalg.vector_norm(expected)
     assert error < tolerance
@@ -231,14 +231,25 @@ def test_finite_difference_restores_parameters_grads_and_rng(method: str) -> Non
     state_after_first_pass = torch.get_rng_state()
     vectors = [torch.randn_like(p) for p in params]
     torch.set_rng_state(state_after_first_pass)
-    products = hessian_vector_product(method, params, vectors, closure, rng)
+    storage = [p.data_ptr() for p in params]
+    result = hessian_vector_product(method, params, vectors, closure, rng)
+    assert [p.data_ptr() for p in params] == storage  # the perturbed copies were swapped back out
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     assert all(p.grad is g and torch.equal(g, c) for p, g, c in zip(params, grads, grads_copy))
     assert torch.equal(torch.get_rng_state(), state_after_first_pass)
     # The same mask with double backward gives the exact product.
     torch.manual_seed(123)
     closure(create_graph=True)
-    exact = hessian_vector_product("double_backward", params, vectors, closure, None)
+    exact = hessian_vector_product("double_backward", params, vectors, closure, None).materialize_()
+    if method == "forward":
+        # g + c·H·v from the difference's parts (one lerp) equals the sum formed from H·v itself.
+        factor = 0.37
+        combined = result.gradient_plus(grads, factor)
+        products = result.materialize_()
+        for c, g, hv in zip(combined, grads, products, strict=True):
+            torch.testing.assert_close(c, g + factor * hv, rtol=1e-12, atol=1e-12)
+    else:
+        products = result.materialize_()
     error = max((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(products, exact))
     assert error < (1e-4 if method == "forward" else 1e-7)
 

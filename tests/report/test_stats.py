@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from memexp.report.stats import estimate, paired_comparison, paired_t, wilcoxon_signed_rank
+from memexp.report.stats import estimate, holm_adjust, paired_comparison, paired_t, wilcoxon_signed_rank, with_holm
 
 # Student-t 97.5% quantile with 3 degrees of freedom, from printed tables.
 T_975_DF3 = 3.182446305284263
@@ -118,3 +118,35 @@ def test_degenerate_differences_give_nan_not_a_crash() -> None:
     assert all(math.isnan(v) for v in paired_t(np.asarray([0.5, 0.5, 0.5])))  # zero variance
     assert all(math.isnan(v) for v in wilcoxon_signed_rank(np.zeros(4)))
     assert all(math.isnan(v) for v in paired_t(np.asarray([0.5])))
+
+
+def test_holm_adjust_by_hand_with_step_down_monotonicity_and_nan() -> None:
+    # m = 4 defined p-values: sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01=0.04, 3*0.02=0.06, 2*0.03=0.06, 1*0.5.
+    adjusted = holm_adjust([0.03, math.nan, 0.01, 0.5, 0.02])
+    assert adjusted[0] == pytest.approx(0.06)
+    assert math.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.04)
+    assert adjusted[3] == pytest.approx(0.5)
+    assert adjusted[4] == pytest.approx(0.06)
+    # The running maximum keeps the order: 3*0.02=0.06 would fall below 4*0.02=0.08 without it.
+    assert holm_adjust([0.02, 0.02, 0.9, 0.4]) == pytest.approx([0.08, 0.08, 0.9, 0.8])
+    assert holm_adjust([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_with_holm_forms_one_family_per_metric() -> None:
+    values = {
+        "A": {0: 1.0, 1: 2.0, 2: 3.5},
+        "B": {0: 0.5, 1: 1.2, 2: 3.0},
+        "C": {0: 0.0, 1: 2.1, 2: 2.0},
+    }
+    comparisons = [
+        paired_comparison(metric, a, values[a], b, values[b])
+        for metric in ("m1", "m2")
+        for a, b in (("A", "B"), ("A", "C"), ("B", "C"))
+    ]
+    adjusted = with_holm(comparisons)
+    for metric in ("m1", "m2"):
+        family = [c for c in adjusted if c.metric == metric]
+        assert [c.family_size for c in family] == [3, 3, 3]
+        assert [c.t_pvalue_holm for c in family] == pytest.approx(holm_adjust([c.t_pvalue for c in family]))
+    assert adjusted[0].t_pvalue_holm >= adjusted[0].t_pvalue
