@@ -45,7 +45,7 @@ def test_tensor_hessian_block_equals_the_dense_float64_hessian_block_on_a_tanh_n
     # Two chunks: the block must be the Hessian of the example-weighted mean over the whole probe set.
     operator = HessianOperator(ProbeLoss(model, F.cross_entropy, [(x[:5], y[:5]), (x[5:], y[5:])]), "autodiff")
     generator = torch.Generator().manual_seed(0)
-    for index, (name, block) in enumerate(dense_blocks(model, hessian).items()):
+    for index, block in enumerate(dense_blocks(model, hessian).values()):
         tensor = TensorHessian(operator, index)
         vectors = torch.randn(block.shape[0], 3, generator=generator, dtype=torch.float64)
         torch.testing.assert_close(tensor.matmat(vectors), block @ vectors, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,220 @@
+"""Per-layer R_med of a tuned AdamW-vs-SGD study at fixed steps AND at matched training loss, paired
+over seeds, with Holm-adjusted p-values (docs/results/sections/rmed.md).
+
+An exact R_med pass costs minutes on a CPU, so it is measured at a few steps only; `memexp report
+--at train/loss=X` would interpolate R_med linearly between those steps. Instead the matched-fit
+value is MEASURED at each run's own crossing step (training runs are deterministic per seed, and
+metrics never change a trajectory, so a re-run retraces the confirmation run exactly):
+
+1. ``plan``: from a `memexp tune` study's confirmation runs, each run's crossing step (the first
+   evaluation at which train/loss <= ``--target``), and the `memexp train` command that re-runs it with
+   R_med at ``--steps`` plus that step (``--shell``: the commands, one per line)::
+
+       python scripts/rmed_at_fit.py plan STUDY --target 2.6 --steps 100,200 --out RERUNS \\
+           --extra metrics.tier=economy metrics.include=[r_med] > plan.json
+
+2. ``read``: the per-tensor ``geom/r_med/*`` of the runs under the given dirs at each fixed step and at
+   the crossing step from the plan; A − B paired over seeds (t-interval, paired t p, Wilcoxon p) and
+   Holm's adjustment over every test printed (tensors x readings)::
+
+       python scripts/rmed_at_fit.py read RERUNS --plan plan.json --steps 100,200 [--markdown]
+
+A study whose runs log R_med at every evaluation needs no re-run: ``read`` the study dir itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memexp.report.stats import estimate, holm_adjust, paired_t, wilcoxon_signed_rank
+from memexp.rundir import TUNE_JSON
+
+R_MED_PREFIX = "geom/r_med/"
+
+
+def overrides_of(run_dir: Path) -> dict[str, str]:
+    lines = (run_dir / ".hydra" / "overrides.yaml").read_text().splitlines()
+    pairs = [line.removeprefix("- ").split("=", 1) for line in lines if "=" in line]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def series(rows: list[dict[str, Any]], key: str) -> dict[int, float]:
+    return {int(row["step"]): float(row[key]) for row in rows if key in row}
+
+
+def crossing_step(train_loss: dict[int, float], target: float) -> int | None:
+    """The first logged step at which the training loss is at or below ``target``."""
+    return next((step for step in sorted(train_loss) if train_loss[step] <= target), None)
+
+
+def plan(args: argparse.Namespace) -> None:
+    study = json.loads((args.study / TUNE_JSON).read_text())
+    fixed = [o for o in study["fixed_overrides"] if not o.startswith("task_name=")]
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else []
+    runs, commands = [], []
+    for label, arm in study["arms"].items():
+        chosen = [f"{key}={value}" for key, value in arm["chosen"].items()]
+        for seed, run_name in zip(arm["confirmation"]["seeds"], arm["confirmation"]["run_dirs"]):
+            train_loss = series(records(args.study / str(run_name)), "train/loss")
+            step = crossing_step(train_loss, args.target)
+            r_med_steps = sorted(set(steps) | ({step} if step is not None else set()))
+            out_dir = args.out / f"{label.replace('=', '_')}_seed{seed}" if args.out else None
+            command = [
+                "memexp",
+                "train",
+                *fixed,
+                *arm["overrides"],
+                *chosen,
+                f"seed={seed}",
+                *args.extra,
+                f"metrics.r_med_at_steps=[{','.join(map(str, r_med_steps))}]",
+            ]
+            if out_dir is not None:
+                command.append(f"hydra.run.dir={out_dir}")
+            runs.append(
+                {
+                    "arm": label,
+                    "seed": seed,
+                    "run_dir": str(args.study / str(run_name)),
+                    "min_train_loss": min(train_loss.values()),
+                    "final_train_loss": train_loss[max(train_loss)],
+                    "crossing_step": step,
+                    "r_med_steps": r_med_steps,
+                    "command": command,
+                }
+            )
+            commands.append(shlex.join(command))
+    if args.shell:
+        print("\n".join(commands))
+        return
+    reached = [r for r in runs if r["crossing_step"] is not None]
+    print(
+        json.dumps(
+            {
+                "study": str(args.study),
+                "target_train_loss": args.target,
+                "largest_min_train_loss": max(r["min_train_loss"] for r in runs),
+                "runs_reaching_target": f"{len(reached)}/{len(runs)}",
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+
+
+def read(args: argparse.Namespace) -> None:
+    plan_data = json.loads(args.plan.read_text()) if args.plan else None
+    crossing = {(r["arm"], int(r["seed"])): r["crossing_step"] for r in plan_data["runs"]} if plan_data else {}
+    steps = [int(s) for s in args.steps.split(",")] if args.steps else []
+    group_a, group_b = args.pair.split(",")
+    # values[reading][tensor][group][seed]; fit[reading][group][seed] = train/loss there
+    values: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
+    fit: dict[str, dict[str, dict[int, float]]] = {}
+    readings = [f"step={s}" for s in steps] + ([f"train/loss<={plan_data['target_train_loss']:g}"] if plan_data else [])
+    for root in args.paths:
+        for metrics_file in sorted(root.rglob("metrics.jsonl")):
+            run_dir = metrics_file.parent
+            overrides = overrides_of(run_dir)
+            group, seed = overrides.get(args.group_by), int(overrides.get("seed", -1))
+            if group not in (group_a, group_b):
+                continue
+            rows = records(run_dir)
+            train_loss = series(rows, "train/loss")
+            tensors = sorted({key for row in rows for key in row if key.startswith(R_MED_PREFIX)})
+            matched = crossing.get((f"{args.group_by}={group}", seed)) if plan_data else None
+            for reading, step in [*zip(readings, steps), *([(readings[-1], matched)] if plan_data else [])]:
+                if step is None:
+                    continue  # never reached the target: listed apart
+                for tensor in tensors:
+                    at = series(rows, tensor)
+                    if step not in at:
+                        sys.exit(f"rmed_at_fit: {run_dir} has no {tensor} at step {step} (measured at {sorted(at)})")
+                    values.setdefault(reading, {}).setdefault(tensor, {}).setdefault(group, {})[seed] = at[step]
+                fit.setdefault(reading, {}).setdefault(group, {})[seed] = train_loss.get(step, math.nan)
+    tests = []
+    for reading in readings:
+        for tensor, groups in values.get(reading, {}).items():
+            a, b = groups.get(group_a, {}), groups.get(group_b, {})
+            seeds = sorted(set(a) & set(b))
+            differences = np.array([a[s] - b[s] for s in seeds])
+            t_stat, t_p = paired_t(differences)
+            _, w_p = wilcoxon_signed_rank(differences)
+            diff = estimate(differences.tolist())
+            fa, fb = fit[reading].get(group_a, {}), fit[reading].get(group_b, {})
+            tests.append(
+                {
+                    "reading": reading,
+                    "tensor": tensor.removeprefix(R_MED_PREFIX),
+                    "n": len(seeds),
+                    group_a: summary(list(a.values())),
+                    group_b: summary(list(b.values())),
+                    "train_loss": {group_a: summary(list(fa.values())), group_b: summary(list(fb.values()))},
+                    "difference": {"mean": diff.mean, "low": diff.low, "high": diff.high},
+                    "t_pvalue": t_p,
+                    "wilcoxon_pvalue": w_p,
+                }
+            )
+    for test, adjusted in zip(tests, holm_adjust([t["t_pvalue"] for t in tests]), strict=True):
+        test["t_pvalue_holm"] = adjusted
+        test["family_size"] = sum(math.isfinite(t["t_pvalue"]) for t in tests)
+    result = {"pair": f"{group_a} - {group_b}", "readings": readings, "tests": tests}
+    print(markdown(result, group_a, group_b) if args.markdown else json.dumps(result, indent=2))
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    e = estimate(values)
+    return {"n": e.n, "mean": e.mean, "std": e.std}
+
+
+def markdown(result: dict[str, Any], group_a: str, group_b: str) -> str:
+    lines = [
+        f"| reading | tensor | n | {group_a} R_med | {group_b} R_med | {group_a} − {group_b} [95% CI] | "
+        f"paired t p | Holm ({len(result['tests'])} tests) | train/loss {group_a} / {group_b} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in result["tests"]:
+        d, fit = t["difference"], t["train_loss"]
+        lines.append(
+            f"| {t['reading']} | {t['tensor']} | {t['n']} | {t[group_a]['mean']:.4g} ± {t[group_a]['std']:.2g} | "
+            f"{t[group_b]['mean']:.4g} ± {t[group_b]['std']:.2g} | {d['mean']:.3g} [{d['low']:.3g}, {d['high']:.3g}] | "
+            f"{t['t_pvalue']:.2g} | {t['t_pvalue_holm']:.2g} | "
+            f"{fit[group_a]['mean']:.3g} / {fit[group_b]['mean']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="crossing steps and re-run commands from a tune study")
+    p.add_argument("study", type=Path)
+    p.add_argument("--target", type=float, required=True, help="the matched training loss X")
+    p.add_argument("--steps", default="", help="fixed R_med steps, comma-separated")
+    p.add_argument("--out", type=Path, help="where the re-runs go (one dir per run)")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides added to every re-run")
+    p.add_argument("--shell", action="store_true", help="print the commands, one per line")
+    r = sub.add_parser("read", help="R_med per tensor at the fixed steps and the crossing step, paired")
+    r.add_argument("paths", nargs="+", type=Path)
+    r.add_argument("--plan", type=Path, help="the plan's JSON (for the matched-fit reading)")
+    r.add_argument("--steps", default="", help="fixed steps, comma-separated")
+    r.add_argument("--group-by", default="optimizer")
+    r.add_argument("--pair", default="adamw,sgd", help="A,B: the difference is A − B")
+    r.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    plan(args) if args.command == "plan" else read(args)
+
+
+if __name__ == "__main__":
+    main()
