@@ -19,7 +19,8 @@ metrics never change a trajectory, so a re-run retraces the confirmation run exa
 
        python scripts/rmed_at_fit.py read RERUNS --plan plan.json --steps 100,200 [--markdown]
 
-A study whose runs log R_med at every evaluation needs no re-run: ``read`` the study dir itself.
+A study whose runs log R_med at every evaluation needs no re-run: ``read`` the study dir itself (a dir
+with a tune.json contributes its confirmation runs only).
 """
 
 from __future__ import annotations
@@ -123,26 +124,24 @@ def read(args: argparse.Namespace) -> None:
     values: dict[str, dict[str, dict[str, dict[int, float]]]] = {}
     fit: dict[str, dict[str, dict[int, float]]] = {}
     readings = [f"step={s}" for s in steps] + ([f"train/loss<={plan_data['target_train_loss']:g}"] if plan_data else [])
-    for root in args.paths:
-        for metrics_file in sorted(root.rglob("metrics.jsonl")):
-            run_dir = metrics_file.parent
-            overrides = overrides_of(run_dir)
-            group, seed = overrides.get(args.group_by), int(overrides.get("seed", -1))
-            if group not in (group_a, group_b):
-                continue
-            rows = records(run_dir)
-            train_loss = series(rows, "train/loss")
-            tensors = sorted({key for row in rows for key in row if key.startswith(R_MED_PREFIX)})
-            matched = crossing.get((f"{args.group_by}={group}", seed)) if plan_data else None
-            for reading, step in [*zip(readings, steps), *([(readings[-1], matched)] if plan_data else [])]:
-                if step is None:
-                    continue  # never reached the target: listed apart
-                for tensor in tensors:
-                    at = series(rows, tensor)
-                    if step not in at:
-                        sys.exit(f"rmed_at_fit: {run_dir} has no {tensor} at step {step} (measured at {sorted(at)})")
-                    values.setdefault(reading, {}).setdefault(tensor, {}).setdefault(group, {})[seed] = at[step]
-                fit.setdefault(reading, {}).setdefault(group, {})[seed] = train_loss.get(step, math.nan)
+    for run_dir in run_dirs(args.paths):
+        overrides = overrides_of(run_dir)
+        group, seed = overrides.get(args.group_by), int(overrides.get("seed", -1))
+        if group not in (group_a, group_b):
+            continue
+        rows = records(run_dir)
+        train_loss = series(rows, "train/loss")
+        tensors = sorted({key for row in rows for key in row if key.startswith(R_MED_PREFIX)})
+        matched = crossing.get((f"{args.group_by}={group}", seed)) if plan_data else None
+        for reading, step in [*zip(readings, steps), *([(readings[-1], matched)] if plan_data else [])]:
+            if step is None:
+                continue  # never reached the target: listed apart
+            for tensor in tensors:
+                at = series(rows, tensor)
+                if step not in at:
+                    sys.exit(f"rmed_at_fit: {run_dir} has no {tensor} at step {step} (measured at {sorted(at)})")
+                values.setdefault(reading, {}).setdefault(tensor, {}).setdefault(group, {})[seed] = at[step]
+            fit.setdefault(reading, {}).setdefault(group, {})[seed] = train_loss.get(step, math.nan)
     tests = []
     for reading in readings:
         for tensor, groups in values.get(reading, {}).items():
@@ -161,7 +160,7 @@ def read(args: argparse.Namespace) -> None:
                     group_a: summary(list(a.values())),
                     group_b: summary(list(b.values())),
                     "train_loss": {group_a: summary(list(fa.values())), group_b: summary(list(fb.values()))},
-                    "difference": {"mean": diff.mean, "low": diff.low, "high": diff.high},
+                    "difference": {"mean": diff.mean, "low": diff.ci_low, "high": diff.ci_high},
                     "t_pvalue": t_p,
                     "wilcoxon_pvalue": w_p,
                 }
@@ -171,6 +170,18 @@ def read(args: argparse.Namespace) -> None:
         test["family_size"] = sum(math.isfinite(t["t_pvalue"]) for t in tests)
     result = {"pair": f"{group_a} - {group_b}", "readings": readings, "tests": tests}
     print(markdown(result, group_a, group_b) if args.markdown else json.dumps(result, indent=2))
+
+
+def run_dirs(paths: list[Path]) -> list[Path]:
+    """The run dirs under ``paths``; a `memexp tune` study dir contributes its confirmation runs only."""
+    found: list[Path] = []
+    for root in paths:
+        if (root / TUNE_JSON).exists():
+            study = json.loads((root / TUNE_JSON).read_text())
+            found += [root / str(name) for arm in study["arms"].values() for name in arm["confirmation"]["run_dirs"]]
+        else:
+            found += [metrics_file.parent for metrics_file in sorted(root.rglob("metrics.jsonl"))]
+    return found
 
 
 def summary(values: list[float]) -> dict[str, float]:
