@@ -60,6 +60,13 @@ def crossing_step(train_loss: dict[int, float], target: float) -> int | None:
     return next((step for step in sorted(train_loss) if train_loss[step] <= target), None)
 
 
+def last_per_key(overrides: list[str]) -> list[str]:
+    """Each key once, at its last value (Hydra rejects a key given twice): the re-run's R_med
+    settings replace the study's own."""
+    by_key = {override.split("=", 1)[0]: override for override in overrides}
+    return list(by_key.values())
+
+
 def plan(args: argparse.Namespace) -> None:
     study = json.loads((args.study / TUNE_JSON).read_text())
     fixed = [o for o in study["fixed_overrides"] if not o.startswith("task_name=")]
@@ -72,9 +79,7 @@ def plan(args: argparse.Namespace) -> None:
             step = crossing_step(train_loss, args.target)
             r_med_steps = sorted(set(steps) | ({step} if step is not None else set()))
             out_dir = args.out / f"{label.replace('=', '_')}_seed{seed}" if args.out else None
-            command = [
-                "memexp",
-                "train",
+            overrides = [
                 *fixed,
                 *arm["overrides"],
                 *chosen,
@@ -82,6 +87,7 @@ def plan(args: argparse.Namespace) -> None:
                 *args.extra,
                 f"metrics.r_med_at_steps=[{','.join(map(str, r_med_steps))}]",
             ]
+            command = ["memexp", "train", *last_per_key(overrides)]
             if out_dir is not None:
                 command.append(f"hydra.run.dir={out_dir}")
             runs.append(
