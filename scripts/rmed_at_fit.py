@@ -165,15 +165,26 @@ def read(args: argparse.Namespace) -> None:
                     "n": len(seeds),
                     group_a: summary(list(a.values())),
                     group_b: summary(list(b.values())),
+                    f"{group_a}_values": [a[s] for s in seeds],
+                    f"{group_b}_values": [b[s] for s in seeds],
+                    "median_difference": float(np.median(differences)) if seeds else math.nan,
                     "train_loss": {group_a: summary(list(fa.values())), group_b: summary(list(fb.values()))},
                     "difference": {"mean": diff.mean, "low": diff.ci_low, "high": diff.ci_high},
                     "t_pvalue": t_p,
                     "wilcoxon_pvalue": w_p,
                 }
             )
-    for test, adjusted in zip(tests, holm_adjust([t["t_pvalue"] for t in tests]), strict=True):
-        test["t_pvalue_holm"] = adjusted
-        test["family_size"] = sum(math.isfinite(t["t_pvalue"]) for t in tests)
+    # Holm over the study's R_med tests, for each test statistic. The signed-rank test is also defined
+    # where a run's R_med is inf (median |H_ii| = 0: dead units), where the t-test is not.
+    for kind in ("t", "wilcoxon"):
+        pvalues = [t[f"{kind}_pvalue"] for t in tests]
+        for test, adjusted in zip(tests, holm_adjust(pvalues), strict=True):
+            test[f"{kind}_pvalue_holm"] = adjusted
+            test[f"{kind}_family_size"] = sum(math.isfinite(p) for p in pvalues)
+        for test in tests:
+            test["infinite_runs"] = {
+                g: sum(not math.isfinite(v) for v in test[f"{g}_values"]) for g in (group_a, group_b)
+            }
     result = {"pair": f"{group_a} - {group_b}", "readings": readings, "tests": tests}
     print(markdown(result, group_a, group_b) if args.markdown else json.dumps(result, indent=2))
 
@@ -197,18 +208,26 @@ def summary(values: list[float]) -> dict[str, float]:
 
 def markdown(result: dict[str, Any], group_a: str, group_b: str) -> str:
     lines = [
-        f"| reading | tensor | n | {group_a} R_med | {group_b} R_med | {group_a} − {group_b} [95% CI] | "
-        f"paired t p | Holm ({len(result['tests'])} tests) | train/loss {group_a} / {group_b} |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| reading | tensor | n | {group_a} R_med (median) | {group_b} R_med (median) "
+        f"| {group_a} − {group_b} [95% CI] | median diff | paired t p (Holm) | Wilcoxon p (Holm) "
+        f"| inf runs {group_a}/{group_b} "
+        f"| train/loss {group_a} / {group_b} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in result["tests"]:
-        d, fit = t["difference"], t["train_loss"]
+        d, fit, inf = t["difference"], t["train_loss"], t["infinite_runs"]
         lines.append(
-            f"| {t['reading']} | {t['tensor']} | {t['n']} | {t[group_a]['mean']:.4g} ± {t[group_a]['std']:.2g} | "
-            f"{t[group_b]['mean']:.4g} ± {t[group_b]['std']:.2g} | {d['mean']:.3g} [{d['low']:.3g}, {d['high']:.3g}] | "
-            f"{t['t_pvalue']:.2g} | {t['t_pvalue_holm']:.2g} | "
+            f"| {t['reading']} | {t['tensor']} | {t['n']} | {np.median(t[f'{group_a}_values']):.4g} | "
+            f"{np.median(t[f'{group_b}_values']):.4g} | {d['mean']:.3g} [{d['low']:.3g}, {d['high']:.3g}] | "
+            f"{t['median_difference']:.3g} | {t['t_pvalue']:.2g} ({t['t_pvalue_holm']:.2g}) | "
+            f"{t['wilcoxon_pvalue']:.2g} ({t['wilcoxon_pvalue_holm']:.2g}) | {inf[group_a]}/{inf[group_b]} | "
             f"{fit[group_a]['mean']:.3g} / {fit[group_b]['mean']:.3g} |"
         )
+    family = result["tests"][0]["t_family_size"] if result["tests"] else 0
+    lines.append(
+        f"\nHolm over the {family} defined t-tests and, separately, over the Wilcoxon tests of this table; "
+        "the mean difference and its t-interval are over the seeds where both values are finite."
+    )
     return "\n".join(lines)
 
 
