@@ -22,6 +22,16 @@ PRESETS: dict[str, tuple[int, list[str], set[str]]] = {
         ["optimizer=adamw", "metrics.r_med_at_steps=[20]", "metrics.r_med_tensors=[ln_f.weight]"],
         {"geom/r_med", "gap/loss", "gap/ppl_ratio"},
     ),
+    "rmed_deep_linear": (
+        6,
+        ["optimizer=sgd"],
+        {"geom/r_med/layers.0.weight", "geom/r_med/layers.1.weight", "gap/loss"},
+    ),
+    "rmed_cnn": (
+        6,
+        ["optimizer=adamw", "metrics.r_med_at_steps=[10,20]"],
+        {"geom/r_med/features.0.weight", "geom/r_med/features.3.weight", "geom/r_med/head.3.weight", "gap/acc"},
+    ),
     "adaptive_memory": (33, ["optimizer=am_sgd"], {"geom/am_beta", "optim/beta_mean", "gap/acc"}),
     "lion_k_kernels": (6, ["optimizer.kernel=softsign"], {"geom/lion_linf_lambda", "geom/lion_saturation", "gap/acc"}),
     "twin_distance": (

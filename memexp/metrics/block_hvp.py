@@ -212,6 +212,55 @@ class HessianOperator:
         return (plus - minus) * (norm / (2 * self.fd_step))
 
 
+class TensorHessian:
+    """The diagonal block ``H_WW`` of the probe-loss Hessian for ONE parameter tensor W (rows and
+    columns: W's entries, flat), exactly: with every other parameter held fixed, the loss as a
+    function of W alone has exactly this Hessian.
+
+    Why not the full operator: a unit vector inside W needs only this block, but a full-parameter
+    product (curvlinops, forward-over-reverse) propagates tangents and gradients through every tensor
+    and then discards all but W's entries. Here W is the only differentiable leaf, so the graph of
+    ``g = dL/dW`` (built once, ``create_graph``) holds only the network downstream of W and W's own
+    gradient; a block of K vectors V is ONE batched backward through it, ``H V = d(g . V)/dW``
+    (``is_grads_batched``: vmap over the K grad_outputs). The forward and first backward are paid once
+    per pass, not once per product. Autodiff only (double backward); its products are counted in
+    ``parent.matvecs``."""
+
+    def __init__(self, parent: HessianOperator, index: int) -> None:
+        probe = parent.probe
+        self.parent, self.shape = parent, probe.params[index].shape
+        self.dim = probe.params[index].numel()
+        name = probe.names[index]
+        # Every other parameter detached: the graph stops where W enters (tied weights follow W).
+        fixed = {n: p.detach() for n, p in zip(probe.names, probe.params) if n != name}
+        with torch.enable_grad():
+            self.leaf = probe.params[index].detach().clone().requires_grad_()
+            gradient = torch.zeros_like(self.leaf)
+            for x, y in probe.batches:
+                loss = probe.loss_fn(functional_call(probe.model, {**fixed, name: self.leaf}, (x,)), y)
+                (part,) = torch.autograd.grad(loss, self.leaf, create_graph=True)
+                gradient = gradient + (x.shape[0] / probe.num_examples) * part
+        self.gradient = gradient
+
+    def matmat(self, block: Tensor) -> Tensor:
+        """``H_WW @ block`` for a (numel(W), K) block, ``parent.max_columns`` columns per backward."""
+        columns = [self._matmat(part) for part in block.split(self.parent.max_columns, dim=1)]
+        self.parent.matvecs += block.shape[1]
+        return torch.cat(columns, dim=1)
+
+    def _matmat(self, block: Tensor) -> Tensor:
+        count = block.shape[1]
+        if not self.gradient.requires_grad:  # W does not affect its own gradient: the loss is linear in W
+            return torch.zeros_like(block)
+        outputs = block.T.reshape(count, *self.shape).to(self.gradient.dtype)
+        (product,) = torch.autograd.grad(
+            self.gradient, self.leaf, grad_outputs=outputs, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        if product is None:  # the gradient depends on other parameters only: H_WW = 0
+            return torch.zeros_like(block)
+        return product.reshape(count, self.dim).T.to(block.dtype)
+
+
 class NonDeterministicModelError(RuntimeError):
     """The probe loss is not a deterministic function of the parameters."""
 

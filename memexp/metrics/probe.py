@@ -20,7 +20,15 @@ from torch import Tensor, nn
 from memexp.config import MetricsConfig, RMedMethod, TrackSchedule
 from memexp.errors import require
 from memexp.metrics import curvature, geometry
-from memexp.metrics.block_hvp import HessianOperator, LossFn, ProbeLoss, choose_backend, curvature_mode, split_batch
+from memexp.metrics.block_hvp import (
+    HessianOperator,
+    LossFn,
+    ProbeLoss,
+    TensorHessian,
+    choose_backend,
+    curvature_mode,
+    split_batch,
+)
 from memexp.metrics.optimizer_family import (
     adam_preconditioner,
     adaptive_beta_stats,
@@ -376,9 +384,8 @@ def r_med_metrics(
         if small:
             budget -= size
         if method is RMedMethod.exact or small:
-            exact = curvature.exact_diagonal_slice(
-                operator.matmat, probe.dim, start, stop, device, dtype, cfg.max_columns
-            )
+            matmat, dim, first = tensor_block(operator, index, start)
+            exact = curvature.exact_diagonal_slice(matmat, dim, first, first + size, device, dtype, cfg.max_columns)
             diagonals[name] = TensorDiagonal(exact, exact=True)
             if small and method is RMedMethod.hutchinson:  # the shared probes' error costs nothing more
                 estimate = tensor_hutchinson(operator, probe.dim, cfg, hutch, index, start, stop, weights)
@@ -387,9 +394,8 @@ def r_med_metrics(
                     errors.append(float(torch.linalg.vector_norm(estimate.diagonal - exact)) / scale)
         elif method is RMedMethod.subset:
             coordinates = curvature.subset_indices(size, cfg.r_med_subset_size, cfg.seed, index)
-            entries = curvature.exact_diagonal_entries(
-                operator.matmat, probe.dim, coordinates + start, device, dtype, cfg.max_columns
-            )
+            matmat, dim, first = tensor_block(operator, index, start)
+            entries = curvature.exact_diagonal_entries(matmat, dim, coordinates + first, device, dtype, cfg.max_columns)
             diagonals[name] = TensorDiagonal(entries, exact=coordinates.numel() == size)
         else:
             diagonals[name] = tensor_hutchinson(operator, probe.dim, cfg, hutch, index, start, stop, weights)
@@ -432,6 +438,17 @@ def r_med_metrics(
     if errors:
         out["geom/r_med_diag_error"] = max(errors)
     return out
+
+
+def tensor_block(operator: HessianOperator, index: int, start: int) -> tuple[curvature.MatMat, int, int]:
+    """Where the exact diagonal entries of parameter ``index`` (flat offset ``start``) are read:
+    ``(matmat, dim, first)``, entry k of the tensor being coordinate ``first + k`` of ``matmat``'s
+    ``dim``-dimensional operator. Autodiff: the tensor's own Hessian block (:class:`TensorHessian`,
+    the same numbers at a fraction of the cost: docs/rmed.md); finite differences: the full operator."""
+    if operator.backend == "autodiff":
+        block = TensorHessian(operator, index)
+        return block.matmat, block.dim, 0
+    return operator.matmat, operator.dim, start
 
 
 def chosen_tensor(name: str, patterns: list[str]) -> bool:
