@@ -178,8 +178,10 @@ def plan_arms(overrides: Sequence[Any], tune: TuneConfig) -> tuple[list[Arm], li
     """Split parsed overrides into arms (products of the non-tuned swept keys) with their search
     spaces; returns the arms and the overrides every job shares (the fixed ones)."""
     tuned: dict[str, list[Any]] = {}
-    arm_axes: list[list[str]] = []
-    fixed: list[str] = []
+    # Keyed by the bare key: a later override of a key replaces an earlier one, as Hydra's command line
+    # replaces a preset's sweeper params (``optimizer=lion,adamw`` cuts a preset's optimizer list).
+    arm_axes: dict[str, list[str]] = {}
+    fixed: dict[str, str] = {}
     for override in overrides:
         key = override.get_key_element()
         bare_key = key.lstrip("+~")
@@ -190,14 +192,16 @@ def plan_arms(overrides: Sequence[Any], tune: TuneConfig) -> tuple[list[Arm], li
                 "set by memexp tune: use tune.seeds (tuning seeds) and tune.confirm_seeds (fresh seeds)",
             )
         values = sweep_values(override)
+        arm_axes.pop(bare_key, None)
+        fixed.pop(bare_key, None)
         if bare_key in tune.params:
             tuned[bare_key] = [typed(v) for v in values]
         elif override.is_sweep_override():
-            arm_axes.append([f"{key}={value}" for value in values])
+            arm_axes[bare_key] = [f"{key}={value}" for value in values]
         else:
-            fixed.append(f"{key}={values[0]}")
+            fixed[bare_key] = f"{key}={values[0]}"
     arms = []
-    for combination in itertools.product(*arm_axes):
+    for combination in itertools.product(*arm_axes.values()):
         overrides_of_arm = list(combination)
         space: dict[str, list[Any]] = {}
         source: dict[str, str] = {}
@@ -221,7 +225,7 @@ def plan_arms(overrides: Sequence[Any], tune: TuneConfig) -> tuple[list[Arm], li
             "keys with values to search: sweep one on the command line (e.g. optimizer.lr=1e-4,1e-3) "
             "or use a preset with tune.spaces",
         )
-    return arms, fixed
+    return arms, list(fixed.values())
 
 
 def halton(index: int, base: int) -> float:

@@ -48,6 +48,18 @@ def test_arms_are_the_swept_keys_that_are_not_tuned() -> None:
         plan_arms(parse("optimizer=sgd,adamw"), tune)  # nothing to search
 
 
+def test_a_later_override_of_a_key_replaces_the_presets_arms() -> None:
+    """A preset's optimizer list, then the command line's: the command line cuts the arms (as Hydra does),
+    rather than forming a second axis (arms like `optimizer=lion optimizer=sgd`)."""
+    tune = TuneConfig()
+    overrides = parse("optimizer=sgd,adamw,lion", "optimizer.lr=1e-3,1e-2", "optimizer=lion,adamw", "model=mlp")
+    arms, fixed = plan_arms(overrides, tune)
+    assert [arm.label for arm in arms] == ["optimizer=lion", "optimizer=adamw"]
+    assert fixed == ["model=mlp"]
+    arms, fixed = plan_arms(parse("optimizer=sgd,adamw", "optimizer.lr=1e-3,1e-2", "optimizer=adamw"), tune)
+    assert [arm.overrides for arm in arms] == [[]] and fixed == ["optimizer=adamw"]
+
+
 def test_per_arm_spaces_from_a_preset_and_the_command_line_wins() -> None:
     tune = TuneConfig(
         spaces={
