@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.adam import adam
 
 from memexp.optim.base import Closure, MemexpOptimizer, call_closure, check_argument, check_betas
 from memexp.optim.lion import constraint_stats
@@ -95,63 +96,31 @@ class ProjectedAdam(MemexpOptimizer):
                 continue
             firsts = self._zero_state(params, "exp_avg")
             seconds = self._zero_state(params, "exp_avg_sq")
-            steps = []
-            for param in params:
-                self.state[param]["step"] = self.state[param].get("step", 0) + 1
-                steps.append(self.state[param]["step"])
+            steps = [self.state[p].setdefault("step", torch.zeros((), dtype=torch.float32)) for p in params]
             beta1, beta2 = group["betas"]
-            # The multi-tensor path needs one bias correction for the group: a tensor that skipped
-            # a step (no gradient) has its own count and takes the per-tensor path.
-            if self._use_foreach(group, params) and len(set(steps)) == 1:
-                _adam_foreach(params, grads, firsts, seconds, group["lr"], beta1, beta2, group["eps"], steps[0])
-            else:
-                _adam_single(params, grads, firsts, seconds, group["lr"], beta1, beta2, group["eps"], steps)
+            # The Adam step is torch's own (as memexp's adamw), without decay; only the projection is ours.
+            adam(
+                params,
+                grads,
+                firsts,
+                seconds,
+                [],
+                steps,
+                foreach=self._use_foreach(group, params),
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=group["lr"],
+                weight_decay=0.0,
+                eps=group["eps"],
+                maximize=False,
+            )
             radius = box_radius(group["box_lambda"])
             if radius is not None:
                 _project(params, radius)
                 boxed.append((group["box_lambda"], params))
         self._end_step(constraint_stats(boxed))
         return loss
-
-
-def _adam_single(
-    params: list[Tensor],
-    grads: list[Tensor],
-    firsts: list[Tensor],
-    seconds: list[Tensor],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    steps: list[int],
-) -> None:
-    for param, grad, first, second, step in zip(params, grads, firsts, seconds, steps):
-        first_correction, second_correction = 1 - beta1**step, 1 - beta2**step
-        first.lerp_(grad, 1 - beta1)
-        second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denominator = (second / second_correction).sqrt_().add_(eps)
-        param.addcdiv_(first, denominator, value=-lr / first_correction)
-
-
-def _adam_foreach(
-    params: list[Tensor],
-    grads: list[Tensor],
-    firsts: list[Tensor],
-    seconds: list[Tensor],
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    step: int,
-) -> None:
-    first_correction, second_correction = 1 - beta1**step, 1 - beta2**step
-    torch._foreach_lerp_(firsts, grads, 1 - beta1)
-    torch._foreach_mul_(seconds, beta2)
-    torch._foreach_addcmul_(seconds, grads, grads, value=1 - beta2)
-    denominators = torch._foreach_div(seconds, second_correction)
-    torch._foreach_sqrt_(denominators)
-    torch._foreach_add_(denominators, eps)
-    torch._foreach_addcdiv_(params, firsts, denominators, value=-lr / first_correction)
 
 
 def _project(params: list[Tensor], radius: float) -> None:
