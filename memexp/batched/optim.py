@@ -86,17 +86,6 @@ def adamw_step(
         param.addcmul_(h["neg_step_size"], exp_avg.div(denom))
 
 
-def lion_step(
-    params: list[Tensor], grads: list[Tensor], momenta: list[Tensor], decayed: int, h: dict[str, Tensor]
-) -> None:
-    for index, (param, grad, momentum) in enumerate(zip(params, grads, momenta)):
-        direction = torch.lerp(momentum, grad, h["one_minus_beta1"]).sign_()
-        if index < decayed:
-            param.mul_(h["decay_factor"])
-        param.addcmul_(h["neg_lr"], direction)
-        momentum.lerp_(grad, h["one_minus_beta2"])
-
-
 def lion_k_step(
     params: list[Tensor],
     grads: list[Tensor],
@@ -105,10 +94,10 @@ def lion_k_step(
     h: dict[str, Tensor],
     kernel: str,
 ) -> None:
-    """LionK's step, in its order of operations (kernel l1 is lion_step bit for bit)."""
+    """Lion's and LionK's step, in their order of operations (Lion is kernel l1: sign(c))."""
     for index, (param, grad, momentum) in enumerate(zip(params, grads, momenta)):
         direction = torch.lerp(momentum, grad, h["one_minus_beta1"])
-        apply_kernel_gradient(kernel, [direction], h["delta"], foreach=False)  # type: ignore[arg-type]
+        apply_kernel_gradient(kernel, [direction], h.get("delta", 0.0), foreach=False)  # type: ignore[arg-type]
         if index < decayed:
             param.mul_(h["decay_factor"])
         param.addcmul_(h["neg_lr"], direction)
@@ -194,10 +183,8 @@ class BatchedOptimizer:
             sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
             adamw_step(params, grads, buffers[0], buffers[1], decayed, h)
-        elif self.name == "lion":
-            lion_step(params, grads, buffers[0], decayed, h)
-        else:
-            lion_k_step(params, grads, buffers[0], decayed, h, str(self.kernel))
+        else:  # lion is lion_k with the l1 kernel
+            lion_k_step(params, grads, buffers[0], decayed, h, self.kernel or "l1")
         for param, old in zip(params, kept):
             param[frozen] = old
 
