@@ -191,8 +191,13 @@ def evaluate_gap(run: Run) -> dict[str, float]:
         )
         for split, (x, y) in run.eval_sets.items()
     }
+    return gap_metrics(run.task, results)
+
+
+def gap_metrics(task: Task, results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The logged evaluation keys from each split's results: ``<split>/<metric>`` and ``gap/*``."""
     logged = {f"{split}/{name}": value for split, values in results.items() for name, value in values.items()}
-    logged.update({f"gap/{name}": value for name, value in run.task.gap(results["train"], results["test"]).items()})
+    logged.update({f"gap/{name}": value for name, value in task.gap(results["train"], results["test"]).items()})
     return logged
 
 

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
@@ -38,6 +38,7 @@ from memexp import checkpoint as ckpt
 from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
 from memexp.config import METRIC_NAMES, METRIC_TIERS, Precision, Resume
 from memexp.data import DATASETS, BatchIterator
+from memexp.data.base import next_batches
 from memexp.errors import ConfigValueError
 from memexp.logging import LocalLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
@@ -47,8 +48,8 @@ from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
-from memexp.tasks import TASKS
-from memexp.train import RunConfig, evaluate_gap, resolve_device
+from memexp.tasks import TASKS, evaluate_members
+from memexp.train import RunConfig, evaluate_gap, gap_metrics, resolve_device
 
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
@@ -238,7 +239,14 @@ class Population:
         def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
             return functional_call(self.base, params, (x,))
 
-        self.forward: Callable[[dict[str, Tensor], Tensor], Tensor] = vmap(member_forward, randomness="different")
+        # A model may offer its own forward over stacked parameters (MLP.population_forward: the same
+        # layers in a layout that batches better); vmap of its forward is the general path.
+        own: Callable[..., Tensor] | None = getattr(self.base, "population_forward", None)
+        self.forward = own if own is not None else vmap(member_forward, randomness="different")
+        # Every member on one input (an evaluation batch): [B, ...] -> [M, B, ...].
+        self.forward_shared: Callable[[dict[str, Tensor], Tensor], Tensor] = (
+            partial(own, shared_input=True) if own is not None else vmap(member_forward, in_dims=(0, None))
+        )
 
     # ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -276,6 +284,25 @@ class Population:
         )
         with torch.no_grad():
             return evaluate_gap(run)  # type: ignore[arg-type]
+
+    def evaluate_all(self) -> list[dict[str, float]]:
+        """Every member's evaluation at once, in eval mode: memexp.train.evaluate_gap's keys and
+        arithmetic (memexp.tasks.evaluate_members), each evaluation batch one forward of the population."""
+        cfg, spec = self.members[0].run_cfg, self.data.spec
+        batch_size = self.task.eval_batch_size(cfg.trainer.eval_batch_size, spec.input_shape, spec.num_classes)
+        params = {name: p.detach() for name, p in self.stacked_params().items()}
+        self.base.eval()
+        try:
+            results = {
+                split: evaluate_members(
+                    lambda xb: self.forward_shared(params, xb), len(self.members), self.task, x, y, batch_size
+                )
+                for split, (x, y) in self.eval_sets.items()
+            }
+        finally:
+            self.base.train()
+        members = range(len(self.members))
+        return [gap_metrics(self.task, {split: r[index] for split, r in results.items()}) for index in members]
 
     def measure(self, step: int, flat_before: Tensor | None) -> None:
         """Every live member's geom/* metrics after this step's update, as its single run computes them:
@@ -397,9 +424,9 @@ class Population:
                     if measure:
                         self.measure(step, flat_before)
                     if trainer.eval_every and step % trainer.eval_every == 0 and step < self.max_steps:
-                        for index, member in enumerate(self.members):
+                        for member, evaluation in zip(self.members, self.evaluate_all()):
                             if member.alive:
-                                member.last_eval = self.evaluate(index)
+                                member.last_eval = evaluation
                                 member.logger.log(member.last_eval, step)  # type: ignore[union-attr]
                     if trainer.checkpoint_every and step % trainer.checkpoint_every == 0 and step < self.max_steps:
                         save_checkpoints(step)
@@ -411,9 +438,10 @@ class Population:
                                 member.logger.summary(member.summary)  # type: ignore[union-attr]
                         progress.message(f"{stop.name} at step {step}: checkpoints saved")
                         stop.forward()
+                final = self.evaluate_all() if any(m.alive for m in self.members) else []
                 for index, member in enumerate(self.members):
                     if member.alive:
-                        self.finish_member(index, step, "running")
+                        self.finish_member(index, step, "running", final[index])
                         if member.summary["status"] == "finished":
                             member.checkpoints.save(self.member_state(index, step, self.elapsed()), step)  # type: ignore[union-attr]
             except BaseException as error:
@@ -436,10 +464,8 @@ class Population:
 
     def train_step(self) -> Tensor:
         """One update of every member on its next batch; returns the members' batch losses, [M]."""
-        batches = [next(m.batches) for m in self.members]  # type: ignore[call-overload]
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
-        losses = member_losses(self.forward(self.stacked_params(), x), y)
+        x, y = next_batches([m.batches for m in self.members])  # type: ignore[misc]
+        losses = self.task.member_loss(self.forward(self.stacked_params(), x), y)
         # The members are independent: the gradient of their summed losses is each one's own.
         (gradient,) = torch.autograd.grad(losses.sum(), self.flat)
         grads = self.blocks(gradient)
@@ -466,10 +492,11 @@ class Population:
         alive = [loss for loss, m in zip(batch_losses, self.members) if m.alive]
         progress.update(step, sum(alive) / len(alive) if alive else float("nan"), self.member_lr(0))
 
-    def finish_member(self, index: int, step: int, status: str) -> None:
-        """The end of memexp.train.train for one member: final evaluation, status, summary."""
+    def finish_member(self, index: int, step: int, status: str, evaluation: dict[str, float] | None = None) -> None:
+        """The end of memexp.train.train for one member: final evaluation (``evaluation``, when the
+        population's was just taken), status, summary."""
         member = self.members[index]
-        member.last_eval = self.evaluate(index)
+        member.last_eval = self.evaluate(index) if evaluation is None else evaluation
         member.logger.log(member.last_eval, step)  # type: ignore[union-attr]
         if status == "running":
             status = "finished" if all(math.isfinite(v) for v in member.last_eval.values()) else "diverged"
@@ -486,15 +513,6 @@ class Population:
         member.summary.pop("stopped_by", None)
         member.logger.summary(member.summary)  # type: ignore[union-attr]
         member.alive = False
-
-
-def member_losses(output: Tensor, target: Tensor) -> Tensor:
-    """Each member's training loss, [M], from its outputs [M, ..., classes] and targets [M, ...]: the
-    mean cross-entropy over its predictions, as memexp.tasks' classification and language-modelling
-    losses. Computed outside vmap: under vmap, cross_entropy runs a Python decomposition."""
-    members = output.shape[0]
-    losses = F.cross_entropy(output.float().flatten(0, -2), target.flatten(), reduction="none")
-    return losses.view(members, -1).mean(dim=1)
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:

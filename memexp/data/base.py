@@ -82,6 +82,24 @@ class DataBundle(ABC):
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
+def next_batches(iterators: list[BatchIterator]) -> tuple[Tensor, Tensor]:
+    """The next batch of each iterator, stacked (``[M, batch, ...]``): ``torch.stack`` of their
+    ``next()``, each iterator advancing as on its own. Un-augmented tensor iterators over the same
+    tensors (the batched launcher's members) gather every batch in one ``index_select`` per tensor
+    instead of two per iterator."""
+    first = iterators[0]
+    if all(
+        isinstance(it, TensorBatchIterator) and it.augment is None and it.x is first.x and it.y is first.y  # type: ignore[attr-defined]
+        for it in iterators
+    ):
+        index = torch.cat([it.next_index() for it in iterators])  # type: ignore[attr-defined]
+        members = len(iterators)
+        x, y = first.x.index_select(0, index), first.y.index_select(0, index)  # type: ignore[attr-defined]
+        return x.view(members, -1, *x.shape[1:]), y.view(members, -1, *y.shape[1:])
+    batches = [next(it) for it in iterators]
+    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
+
 class TensorBatchIterator(BatchIterator):
     """Shuffled mini-batches drawn from tensors that already live on the training device.
 
@@ -100,12 +118,17 @@ class TensorBatchIterator(BatchIterator):
         self.epoch, self.position = 0, 0
         self.order = torch.randperm(n, generator=self.generator).to(x.device)
 
-    def __next__(self) -> tuple[Tensor, Tensor]:
+    def next_index(self) -> Tensor:
+        """The rows of the next batch (advances the position, reshuffling at an epoch's end)."""
         if self.position + self.batch_size > self.x.shape[0]:
             self.order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.x.device)
             self.epoch, self.position = self.epoch + 1, 0
         index = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
+        return index
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        index = self.next_index()
         x = self.x.index_select(0, index)
         if self.augment is not None:
             x = self.augment(x, self.augment_generator)
