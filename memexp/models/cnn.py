@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import require
+from memexp.models.population import chain_layers, chain_population_forward
 from memexp.models.registry import MODELS, ModelConfig
 
 
@@ -54,6 +55,10 @@ class CNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+    def population_forward(self, params: dict[str, Tensor], x: Tensor, shared_input: bool = False) -> Tensor:
+        """M members' outputs at once from their stacked parameters (memexp/models/population.py)."""
+        return chain_population_forward(chain_layers(self), params, x, shared_input)
 
 
 @MODELS.register("cnn", config=CNNConfig)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import require
+from memexp.models.population import chain_layers, chain_population_forward
 from memexp.models.registry import MODELS, ModelConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -45,33 +45,8 @@ class MLP(nn.Module):
         return self.net(x)
 
     def population_forward(self, params: dict[str, Tensor], x: Tensor, shared_input: bool = False) -> Tensor:
-        """Every member's logits at once (the batched launcher, memexp/batched/population.py).
-
-        ``params``: this module's parameters stacked over M members (``[M, ...]`` per name, as
-        ``torch.func.stack_module_state`` gives them); ``x``: each member's own batch ``[M, B, ...]``,
-        or with ``shared_input`` one batch ``[B, ...]`` for all (an evaluation set). Returns
-        ``[M, B, classes]``: member m's ``forward`` with its parameters, to float rounding.
-
-        The layers are ``forward``'s own; only the layout differs. Activations are kept as
-        ``[M, features, B]``, so each Linear is one batched matmul ``W·h`` whose weight gradient
-        (grad·hᵀ) comes out in the weight's own layout. ``vmap`` of ``forward`` computes ``h·Wᵀ``
-        instead, and its backward pays a transposed copy of every weight gradient, which on the
-        default MLP is most of the population's overhead over its matmuls.
-        """
-        h = x.flatten(1).T if shared_input else x.flatten(2).transpose(1, 2)  # [F, B] or [M, F, B]
-        for index, layer in enumerate(self.net):
-            if isinstance(layer, nn.Flatten):
-                continue  # done above, per member
-            if isinstance(layer, nn.Linear):
-                weight, bias = params[f"net.{index}.weight"], params.get(f"net.{index}.bias")
-                if h.dim() == 2:  # the shared input: one [M·out, F] × [F, B] product
-                    h = torch.matmul(weight, h)
-                    h = h if bias is None else h + bias.unsqueeze(2)
-                else:
-                    h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, h)
-            else:  # activations and dropout: elementwise, any layout (dropout draws per member)
-                h = layer(h)
-        return h.transpose(1, 2)
+        """M members' outputs at once from their stacked parameters (memexp/models/population.py)."""
+        return chain_population_forward(chain_layers(self), params, x, shared_input)
 
 
 @MODELS.register("mlp", config=MLPConfig)
