@@ -35,9 +35,13 @@ MEMBERS = {
         ["seed=1", "optimizer.lr=0.1", "optimizer.momentum=0.5", "optimizer.weight_decay=1e-3"],
         ["seed=2", "optimizer.lr=0.02", "optimizer.momentum=0.0"],
     ],
+    # AdamW at lr 3e-3 on the CNN amplifies rounding within 50 steps: the basic launcher's own run
+    # differs from itself by 1.4e-4 between 1 and 2 threads (seed 9), and so does any other order of
+    # the same sums. Trajectories are compared where rounding stays rounding (lr <= 1e-3);
+    # test_member_gradients_equal_single_run_gradients holds each step's arithmetic to 1e-5.
     "adamw": [
         ["seed=0", "optimizer.lr=1e-3"],
-        ["seed=1", "optimizer.lr=3e-3", "optimizer.weight_decay=0.1", "optimizer.beta2=0.99"],
+        ["seed=1", "optimizer.lr=1e-3", "optimizer.weight_decay=0.1", "optimizer.beta2=0.99"],
         ["seed=2", "optimizer.lr=5e-4", "optimizer.weight_decay=0.0", "optimizer.beta1=0.8"],
     ],
     "lion": [
@@ -163,6 +167,39 @@ def test_a_diverging_member_stops_and_the_others_go_on(compose: Compose, tmp_pat
     assert read_metrics(tmp_path / "member1" / "metrics.jsonl")[-1]["step"] == diverged["step"]
     expected_losses, expected = single_run(configs[0], tmp_path / "single")
     assert batch_losses(tmp_path / "member0") == pytest.approx(expected_losses, rel=1e-4)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_member_gradients_equal_single_run_gradients(model: str, compose: Compose, tmp_path: Path) -> None:
+    """One step's arithmetic, free of trajectory chaos: after 100 steps of a single run (weights with
+    dead units and near-zero gradients), every member given those weights and a batch gets the
+    single run's loss and gradient on it to float rounding."""
+    torch.set_num_threads(1)
+    configs = [compose(["optimizer=adamw", *MODELS[model], *TRAINER, f"seed={seed}"]) for seed in range(3)]
+    trained = []
+    for index, cfg in enumerate(configs):
+        run, run_dir = build_run(check_config(cfg)), tmp_path / f"single{index}"
+        run_dir.mkdir()
+        train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
+        trained.append(run)
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    with torch.no_grad():
+        for index, run in enumerate(trained):
+            for name, param in run.model.named_parameters():
+                population.member_params(index)[name].copy_(param)
+    batches = [next(run.batches) for run in trained]
+    x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+    losses = population.task.member_loss(population.forward(population.stacked_params(), x), y)
+    (gradient,) = torch.autograd.grad(losses.sum(), population.flat)
+    for index, run in enumerate(trained):
+        run.model.zero_grad()
+        loss = run.task.loss(run.model(x[index]), y[index])
+        loss.backward()
+        assert losses[index].item() == pytest.approx(loss.item(), rel=1e-6)
+        params = dict(run.model.named_parameters())
+        expected = torch.cat([params[name].grad.flatten() for name in population.names])
+        error = (gradient[index] - expected).norm() / expected.norm()
+        assert error < 1e-5, (model, index, error.item())
 
 
 def test_optimizer_freezes_the_listed_members() -> None:

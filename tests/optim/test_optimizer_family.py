@@ -125,7 +125,14 @@ def test_memoryless_stats_describe_the_correction() -> None:
 
 
 CONFIG_NAMES = [
-    "lion", "lion_k", "sgd_memoryless", "adamw_memoryless", "lion_memoryless", "am_sgd", "am_adamw", "projected_adam"
+    "lion",
+    "lion_k",
+    "sgd_memoryless",
+    "adamw_memoryless",
+    "lion_memoryless",
+    "am_sgd",
+    "am_adamw",
+    "projected_adam",
 ]
 CLASSES = [Lion, LionK, MemorylessSGD, MemorylessAdamW, MemorylessLion, AdaptiveMemorySGD, AdaptiveMemoryAdamW]
 CLASSES += [ProjectedAdam]

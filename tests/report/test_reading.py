@@ -17,9 +17,7 @@ from tests.report.conftest import RunWriter
 
 
 def events(train: list[float], test: list[float], steps: list[int]) -> list[dict[str, float]]:
-    return [
-        {"step": s, "train/loss": a, "test/loss": b, "gap/loss": b - a} for s, a, b in zip(steps, train, test)
-    ]
+    return [{"step": s, "train/loss": a, "test/loss": b, "gap/loss": b - a} for s, a, b in zip(steps, train, test)]
 
 
 def test_first_crossing_and_interpolation_are_linear_between_logged_points() -> None:

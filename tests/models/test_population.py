@@ -1,0 +1,98 @@
+"""memexp.models.population: M members' forward at once equals each member's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from memexp.models.cnn import CNN
+from memexp.models.mlp import MLP
+from memexp.models.population import chain_layers, chain_population_forward
+
+MEMBERS = 4
+CASES = {
+    "mlp_relu": (lambda: MLP(64, [32, 16], 10, "relu", 0.0), (1, 8, 8)),
+    "mlp_gelu": (lambda: MLP(12, [8], 3, "gelu", 0.0), (12,)),
+    "cnn_digits": (lambda: CNN(1, 8, [8, 16], 10, False, 0.0), (1, 8, 8)),
+    "cnn_rgb": (lambda: CNN(3, 16, [4, 8, 8], 5, False, 0.0), (3, 16, 16)),
+}
+
+
+def stacked(make) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    models = [make().double() for _ in range(MEMBERS)]
+    params, _ = stack_module_state(models)
+    return models[0], params
+
+
+def each_member(base: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool) -> torch.Tensor:
+    return torch.stack(
+        [
+            functional_call(base, {name: p[m] for name, p in params.items()}, (x if shared else x[m],))
+            for m in range(MEMBERS)
+        ]
+    )
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_outputs_and_gradients_equal_each_members_own_forward(case: str) -> None:
+    make, shape = CASES[case]
+    base, params = stacked(make)
+    x = torch.randn(MEMBERS, 6, *shape, dtype=torch.float64)
+    target = torch.randn(MEMBERS, 6, base.population_forward(params, x).shape[-1], dtype=torch.float64)
+    output = base.population_forward(params, x)
+    expected = each_member(base, params, x, shared=False)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    # Gradients (ReLU moved after max-pooling included): float64, so only the order of sums differs.
+    got = torch.autograd.grad((output * target).sum(), list(params.values()))
+    want = torch.autograd.grad((expected * target).sum(), list(params.values()))
+    for name, a, b in zip(params, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_shared_input_gives_every_member_its_output_on_it(case: str) -> None:
+    make, shape = CASES[case]
+    base, params = stacked(make)
+    x = torch.randn(7, *shape, dtype=torch.float64)
+    torch.testing.assert_close(
+        base.population_forward(params, x, shared_input=True),
+        each_member(base, params, x, shared=True),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_relu_then_max_pool_ties_route_the_gradient_as_the_model_does() -> None:
+    """All-negative windows (ReLU ties at 0) and tied maxima: the reordered chain's gradient equals
+    the model's, entry for entry."""
+    conv = nn.Conv2d(1, 2, 1).double()
+    chain = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 1).double())
+    params = {name: p.detach().unsqueeze(0).clone().requires_grad_(True) for name, p in chain.named_parameters()}
+    x = torch.tensor([[-1.0, -2.0, 3.0, 3.0], [-4.0, -1.0, 0.5, 3.0]], dtype=torch.float64).view(1, 1, 1, 2, 4)
+    x = torch.cat([x, x], dim=3)
+    out = chain_population_forward(chain_layers(chain), params, x)
+    got = torch.autograd.grad(out.sum(), list(params.values()))
+    reference = {name: p.detach()[0].clone().requires_grad_(True) for name, p in params.items()}
+    want = torch.autograd.grad(functional_call(chain, reference, (x[0],)).sum(), list(reference.values()))
+    for a, b in zip(got, want):
+        assert torch.equal(a[0], b)
+
+
+def test_dropout_draws_a_mask_per_member() -> None:
+    base, params = stacked(lambda: MLP(16, [256], 2, "relu", 0.5))
+    same = {name: p[:1].expand(MEMBERS, *p.shape[1:]) for name, p in params.items()}  # one member, 4 times
+    out = base.population_forward(same, torch.randn(10, 16, dtype=torch.float64), shared_input=True)
+    assert not torch.equal(out[0], out[1])
+    base.eval()
+    out = base.population_forward(same, torch.randn(10, 16, dtype=torch.float64), shared_input=True)
+    assert torch.equal(out[0], out[1])
+
+
+def test_a_layer_without_a_population_forward_is_refused() -> None:
+    chain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 1))
+    params, _ = stack_module_state([chain, chain])
+    with pytest.raises(TypeError, match="BatchNorm2d has no population forward in the image layout"):
+        chain_population_forward(chain_layers(chain), params, torch.randn(2, 3, 1, 3, 3))
