@@ -16,7 +16,7 @@ one training a single run (each in a fresh subprocess; the import of torch is pa
 
 Goals (issue 14, 2 CPU cores): MLP <= 3x (600 steps), CNN and tiny ViT <= 8x, MLP memory <= 4x.
 
-    python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10] [--threads 1]
+    python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10] [--threads 2]
 """
 
 from __future__ import annotations
@@ -112,7 +112,11 @@ def main() -> None:
     parser.add_argument("--cnn-steps", type=int, default=600)
     parser.add_argument("--vit-steps", type=int, default=10, help="the tiny ViT (5.3M parameters) is compute-bound")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine, 2 threads spin-wait)"
+        "--threads",
+        type=int,
+        default=2,
+        help="torch threads for both (2: the issue's 2 cores; needs an otherwise idle machine, where another "
+        "busy process makes two threads spin-wait, so use 1 there)",
     )
     parser.add_argument("--models", default="mlp,cnn,vit_tiny", help="comma-separated subset to measure")
     parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)

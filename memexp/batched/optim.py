@@ -64,8 +64,10 @@ def sgd_step(
             grad.addcmul_(h["weight_decay"], param)
         if first_step:
             buffer.copy_(grad)  # torch starts the buffer at the gradient, undamped
-        else:
+        elif "one_minus_dampening" in h:
             buffer.mul_(h["momentum"]).addcmul_(h["one_minus_dampening"], grad)
+        else:  # no member dampens: μ·buf + g in one pass, torch's order of operations (mul, then add)
+            torch.addcmul(grad, buffer, h["momentum"], out=buffer)
         param.addcmul_(h["neg_lr"], buffer)
 
 
@@ -108,12 +110,10 @@ def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> 
     """This step's per-member scalars in float64 ([M]): what the single-run optimizer computes in
     Python floats from its hyperparameters, the scheduled lr and the step count."""
     if name == "sgd":
-        return {
-            "weight_decay": hyper["weight_decay"],
-            "momentum": hyper["momentum"],
-            "one_minus_dampening": 1 - hyper["dampening"],
-            "neg_lr": -lr,
-        }
+        scalars = {"weight_decay": hyper["weight_decay"], "momentum": hyper["momentum"], "neg_lr": -lr}
+        if bool((hyper["dampening"] != 0).any()):
+            scalars["one_minus_dampening"] = 1 - hyper["dampening"]
+        return scalars
     scalars = {
         "decay_factor": 1 - lr * hyper["weight_decay"],
         "one_minus_beta1": 1 - hyper["beta1"],
@@ -166,17 +166,28 @@ class BatchedOptimizer:
         self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
         self.state = {buffer: [torch.zeros_like(p) for p in params] for buffer in STATE_BUFFERS[name]}
+        self._scalars: tuple[Tensor, dict[str, Tensor]] | None = None  # (lr, its scalars), see scalars()
+
+    def scalars(self, lr: Tensor) -> dict[str, Tensor]:
+        """This step's per-member scalars, cast to the parameters' dtype and shaped [M, 1]. Only
+        AdamW's depend on the step count; the others are reused while the lr stays the same (a
+        constant schedule: a dozen small tensor operations less per step)."""
+        if self.name != "adamw" and self._scalars is not None and torch.equal(self._scalars[0], lr):
+            return self._scalars[1]
+        like = self.params[0]
+        h = {
+            key: value.to(dtype=like.dtype, device=like.device).unsqueeze(1)
+            for key, value in step_scalars(self.name, self.hyper, lr, self.steps).items()
+        }
+        self._scalars = (lr.clone(), h)
+        return h
 
     @torch.no_grad()
     def step(self, grads: list[Tensor], lr: Tensor, frozen: Tensor | None = None) -> None:
         """One update; ``lr`` is this step's learning rate per member ([M], float64)."""
         self.steps += 1
         params, decayed = self.params, self.decayed
-        like = params[0]
-        h = {
-            key: value.to(dtype=like.dtype, device=like.device).unsqueeze(1)
-            for key, value in step_scalars(self.name, self.hyper, lr, self.steps).items()
-        }
+        h = self.scalars(lr)
         kept = [p[frozen].clone() for p in params] if frozen is not None else []
         buffers = [self.state[b] for b in STATE_BUFFERS[self.name]]
         if self.name == "sgd":
