@@ -71,8 +71,9 @@ def chain_population_forward(
                 h, layout = _features(h, layout, members, shared_input), "features"
             weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
             if h.dim() == 2:  # the shared input, not yet per member: one [M·out, F] × [F, B] product
-                h = torch.matmul(weight, h)
-                h = h if bias is None else h + bias.unsqueeze(2)
+                stacked = weight.flatten(0, 1)
+                h = stacked @ h if bias is None else torch.addmm(bias.flatten().unsqueeze(1), stacked, h)
+                h = h.view(members, -1, h.shape[-1])
             else:
                 h = torch.bmm(weight, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, h)
         elif isinstance(layer, ELEMENTWISE if layout == "features" else PER_CHANNEL) and layout != "input":
