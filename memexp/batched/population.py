@@ -290,6 +290,9 @@ class Population:
         arithmetic (memexp.tasks.evaluate_members), each evaluation batch one forward of the population."""
         cfg, spec = self.members[0].run_cfg, self.data.spec
         batch_size = self.task.eval_batch_size(cfg.trainer.eval_batch_size, spec.input_shape, spec.num_classes)
+        # A forward holds every member's activations: 1/M of a run's evaluation batch keeps the memory
+        # of one run's evaluation (and costs the MLP and CNN nothing measurable: 8.4 vs 8.1 ms, 243 vs 234 ms).
+        batch_size = max(1, batch_size // len(self.members))
         params = {name: p.detach() for name, p in self.stacked_params().items()}
         self.base.eval()
         try:
