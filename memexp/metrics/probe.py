@@ -388,7 +388,7 @@ def r_med_metrics(
             exact = curvature.exact_diagonal_slice(matmat, dim, first, first + size, device, dtype, cfg.max_columns)
             diagonals[name] = TensorDiagonal(exact, exact=True)
             if small and method is RMedMethod.hutchinson:  # the shared probes' error costs nothing more
-                estimate = tensor_hutchinson(operator, probe.dim, cfg, hutch, index, start, stop, weights)
+                estimate = tensor_hutchinson(operator, cfg, hutch, index, start, stop, weights)
                 scale = float(torch.linalg.vector_norm(exact))
                 if scale > 0:
                     errors.append(float(torch.linalg.vector_norm(estimate.diagonal - exact)) / scale)
@@ -398,7 +398,7 @@ def r_med_metrics(
             entries = curvature.exact_diagonal_entries(matmat, dim, coordinates + first, device, dtype, cfg.max_columns)
             diagonals[name] = TensorDiagonal(entries, exact=coordinates.numel() == size)
         else:
-            diagonals[name] = tensor_hutchinson(operator, probe.dim, cfg, hutch, index, start, stop, weights)
+            diagonals[name] = tensor_hutchinson(operator, cfg, hutch, index, start, stop, weights)
 
     values: dict[str, float] = {}
     for name, found in diagonals.items():
@@ -458,7 +458,6 @@ def chosen_tensor(name: str, patterns: list[str]) -> bool:
 
 def tensor_hutchinson(
     operator: HessianOperator,
-    dim: int,
     cfg: MetricsConfig,
     hutch: curvature.HutchinsonResult | None,
     index: int,
@@ -471,16 +470,19 @@ def tensor_hutchinson(
     device, dtype = operator.probe.params[0].device, operator.probe.params[0].dtype
     groups = weights.shape[0] if weights is not None else 0
     if cfg.r_med_method is RMedMethod.hutchinson_per_tensor:
+        # The probes are zero outside the tensor, so only its own Hessian block is needed: the same
+        # products (the same seeded probes over its entries) at TensorHessian's cost under autodiff.
+        matmat, block_dim, first = tensor_block(operator, index, start)
         own = curvature.hutchinson(
-            operator.matmat,
-            dim,
+            matmat,
+            block_dim,
             device,
             dtype,
             cfg.hutchinson_probes,
             cfg.seed * 1_000_003 + index + 1,
             cfg.max_columns,
             groups,
-            support=(start, stop),
+            support=(first, first + stop - start),
         )
         diagonal, group_diagonals = own.diagonal, own.group_diagonals
     else:

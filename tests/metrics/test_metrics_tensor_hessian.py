@@ -11,6 +11,7 @@ from torch import Tensor
 from memexp.config import MetricsConfig, MetricsTier, RMedMethod
 from memexp.metrics import compute_metrics, curvature
 from memexp.metrics.block_hvp import HessianOperator, ProbeLoss, TensorHessian, curvature_mode, split_batch
+from memexp.metrics.probe import tensor_hutchinson
 from memexp.models.gpt import GPT
 from tests.metrics.metrics_helpers import dense_hessian, tiny_data, tiny_net
 
@@ -83,3 +84,34 @@ def test_a_tensor_the_loss_is_linear_in_has_a_zero_block() -> None:
     probe = ProbeLoss(model, lambda output, target: output.mean(), [(x, torch.zeros(6))])
     tensor = TensorHessian(HessianOperator(probe, "autodiff"), 0)
     assert torch.equal(tensor.matmat(torch.eye(4, dtype=torch.float64)), torch.zeros(4, 4, dtype=torch.float64))
+
+
+def test_per_tensor_hutchinson_uses_the_tensor_block_with_the_full_operators_numbers() -> None:
+    """hutchinson_per_tensor's probes are zero outside the tensor: through the tensor's own block
+    (TensorHessian) they give the full operator's estimate (same seeded probes), and on a tensor
+    whose block is the dense float64 one, the probe mean of z·Hz converges to its diagonal."""
+    model, (x, y) = tiny_gpt()
+    with curvature_mode(model):
+        hessian = dense_hessian(model, token_loss, x, y)
+        probe = ProbeLoss(model, token_loss, split_batch(x, y, 2))
+        operator = HessianOperator(probe, "autodiff", max_columns=16)
+        cfg = MetricsConfig(
+            every=1,
+            tier=MetricsTier.economy,
+            include=["r_med"],
+            r_med_method=RMedMethod.hutchinson_per_tensor,
+            hutchinson_probes=64,
+            exact_diag_max_numel=0,
+        )
+        blocks, offset = dense_blocks(model, hessian), 0
+        for index, (name, param) in enumerate(zip(probe.names, probe.params)):
+            start, stop = offset, offset + param.numel()
+            offset = stop
+            found = tensor_hutchinson(operator, cfg, None, index, start, stop, None)
+            seed = cfg.seed * 1_000_003 + index + 1
+            full = curvature.hutchinson(operator.matmat, probe.dim, CPU, torch.float64, 64, seed, 16, 0, (start, stop))
+            torch.testing.assert_close(found.diagonal, full.diagonal, rtol=1e-9, atol=1e-12)
+            dense = blocks[name]
+            generator = curvature.seeded_generator(seed, CPU)
+            z = curvature.rademacher((64, dense.shape[0]), generator, CPU, torch.float64).T
+            torch.testing.assert_close(found.diagonal, (z * (dense @ z)).mean(dim=1), rtol=1e-9, atol=1e-12)
