@@ -46,7 +46,12 @@ def chain_population_forward(
     h, layout = x, "input"
     for name, layer in _pool_before_relu(list(layers)):
         if isinstance(layer, nn.Conv2d):
+            if layer.padding_mode != "zeros":  # F.conv2d pads with zeros only
+                raise TypeError(f"{name}: Conv2d with padding_mode={layer.padding_mode!r} has no population forward")
             weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
+            if layout == "input" and shared_input and layer.groups > 1:
+                # Member-major output channels cannot come from one grouped convolution: per member.
+                h, shared_input = h.expand(members, *h.shape), False
             if layout == "input":
                 # Channels-last: with M·C channels on a few pixels, torch's CPU max-pooling over NCHW
                 # runs a plane at a time (64×512×8×8: 5.0 ms vs 0.32 ms channels-last), and the

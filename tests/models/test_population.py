@@ -96,3 +96,31 @@ def test_a_layer_without_a_population_forward_is_refused() -> None:
     params, _ = stack_module_state([chain, chain])
     with pytest.raises(TypeError, match="BatchNorm2d has no population forward in the image layout"):
         chain_population_forward(chain_layers(chain), params, torch.randn(2, 3, 1, 3, 3))
+
+
+def test_grouped_convolutions_per_member_and_on_a_shared_input() -> None:
+    base, params = stacked(
+        lambda: nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(150, 3))
+    )
+    params = {name: p + 0.01 * torch.randn_like(p) for name, p in params.items()}  # distinct members
+    x = torch.randn(MEMBERS, 2, 4, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(
+        chain_population_forward(chain_layers(base), params, x),
+        each_member(base, params, x, shared=False),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    shared = x[0]
+    torch.testing.assert_close(
+        chain_population_forward(chain_layers(base), params, shared, shared_input=True),
+        each_member(base, params, shared, shared=True),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def test_a_convolution_padding_other_than_zeros_is_refused() -> None:
+    chain = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(18, 1))
+    params, _ = stack_module_state([chain, chain])
+    with pytest.raises(TypeError, match="padding_mode='reflect'"):
+        chain_population_forward(chain_layers(chain), params, torch.randn(2, 1, 1, 3, 3))
