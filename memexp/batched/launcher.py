@@ -24,6 +24,7 @@ import json
 import shutil
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -40,7 +41,7 @@ from memexp.errors import MemexpError, require
 from memexp.job import finished_in_place, objective, open_loggers, reuse_earlier
 from memexp.logging import MultiLogger, read_metrics
 from memexp.signals import Interrupted
-from memexp.train import check_config
+from memexp.train import RunConfig, check_config
 
 # Keys that may differ between the members of a population (besides the optimizer's hyperparameters).
 MEMBER_KEYS = ("seed", "logger")
@@ -81,13 +82,13 @@ def latest_checkpoint_is_single_run(run_dir: Path) -> bool:
     return state is not None and OPTIMIZER_STATE_KEY not in state
 
 
-def prepare_member(cfg: DictConfig) -> Member | float | None:
-    """The task function Hydra's run_job calls for each member: memexp.job's steps before training
-    (a job finished in place or earlier is not trained again; an interrupted one is adopted).
-    Returns the Member to train, or the objective of a job already done."""
+def prepare_member(cfg: DictConfig, run_cfg: RunConfig) -> Member | float | None:
+    """The task function Hydra's run_job calls for each member (``run_cfg``: its config, checked
+    before the sweep started): memexp.job's steps before training (a job finished in place or earlier
+    is not trained again; an interrupted one is adopted). Returns the Member to train, or the
+    objective of a job already done."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    run_cfg = check_config(cfg)  # checked before the sweep started; this only converts
     resume = run_cfg.trainer.resume is Resume.auto
     key = rundir.job_key(cfg)
     done = finished_in_place(run_dir, key, resume)
@@ -160,10 +161,12 @@ class PopulationLauncher:
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = initial_job_idx + offset
             configs.append(config)
+        checked: list[RunConfig] = []
         try:
             require(self.members >= 1, "hydra.launcher.members", self.members, "an integer >= 1")
             for config in configs:
-                problem = refusal(check_config(config))
+                checked.append(check_config(config))
+                problem = refusal(checked[-1])
                 if problem is not None:
                     raise problem
         except MemexpError as error:
@@ -183,16 +186,20 @@ class PopulationLauncher:
             if len(population) == 1:
                 returns[population[0]] = self._run_job(configs[population[0]], self.task_function)
             else:
-                self.launch_population(configs, population, returns)
+                self.launch_population(configs, checked, population, returns)
         assert all(ret is not None for ret in returns)
         return returns  # type: ignore[return-value]
 
     def launch_population(
-        self, configs: Sequence[DictConfig], population: list[int], returns: list[JobReturn | None]
+        self,
+        configs: Sequence[DictConfig],
+        checked: Sequence[RunConfig],
+        population: list[int],
+        returns: list[JobReturn | None],
     ) -> None:
         members: list[tuple[int, Member]] = []
         for index in population:
-            ret = self._run_job(configs[index], prepare_member)
+            ret = self._run_job(configs[index], partial(prepare_member, run_cfg=checked[index]))
             returns[index] = ret
             if ret.status is JobStatus.COMPLETED and isinstance(ret.return_value, Member):
                 members.append((index, ret.return_value))
