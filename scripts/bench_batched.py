@@ -14,6 +14,10 @@ optimizer; no evaluation, logging or checkpoints) over one run's full wall time:
 ``rss_ratio_vs_one_run`` (MLP): peak resident memory of a process training the population over
 one training a single run (each in a fresh subprocess; the import of torch is part of both).
 
+``--cli`` adds ``cli``: what a user waits for, ``memexp train -m seed='range(N)' model=mlp`` with
+the basic launcher (N separate runs in one process) and with ``hydra/launcher=batched``, each one
+command from start-up to exit (Hydra composes every job's config, writes its run dir, and so on).
+
 Goals (issue 14, 2 CPU cores): MLP <= 3x (600 steps), CNN and tiny ViT <= 8x, MLP memory <= 4x.
 
     python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10] [--threads 2]
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -84,6 +89,26 @@ def time_population_steps(configs: list, root: Path) -> float:
     return time.perf_counter() - started
 
 
+def time_cli(members: int, threads: int) -> dict[str, float]:
+    """Wall time of ``memexp train -m`` over ``members`` seeds of the default MLP run, per launcher."""
+    seconds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for launcher in ("basic", "batched"):
+            command = [
+                sys.executable, "-m", "memexp.cli", "train", "-m", f"seed=range({members})", "model=mlp",
+                *COMMON, f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp}/{launcher}",
+            ]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            started = time.perf_counter()
+            subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+            seconds[launcher] = time.perf_counter() - started
+    return {
+        "basic_launcher_s": round(seconds["basic"], 2),
+        "batched_launcher_s": round(seconds["batched"], 2),
+        "speedup": round(seconds["basic"] / seconds["batched"], 2),
+    }
+
+
 def peak_rss_mb(which: str, members: int, threads: int) -> float:
     """Peak RSS (MiB) of a fresh process that trains the MLP once or as a population."""
     command = [sys.executable, __file__, "--members", str(members), "--threads", str(threads), "--rss-probe", which]
@@ -119,6 +144,7 @@ def main() -> None:
         "busy process makes two threads spin-wait, so use 1 there)",
     )
     parser.add_argument("--models", default="mlp,cnn,vit_tiny", help="comma-separated subset to measure")
+    parser.add_argument("--cli", action="store_true", help="also time the memexp train -m command, basic vs batched")
     parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,7 +188,9 @@ def main() -> None:
         population_peak_rss_mib=round(population_rss, 1),
         rss_ratio_vs_one_run=round(population_rss / single_rss, 2),
     )
-    report = {"members": args.members, "threads": torch.get_num_threads(), "models": results}
+    report: dict[str, object] = {"members": args.members, "threads": torch.get_num_threads(), "models": results}
+    if args.cli:
+        report["cli"] = time_cli(args.members, args.threads)
     print(json.dumps(report, indent=2))
 
 
