@@ -1,14 +1,16 @@
 """A population: N jobs of a sweep that differ only in batchable keys, trained together in one
-process, vectorized over a leading member dimension with torch.func.
+process, vectorized over a leading member dimension.
 
 Each member is built with the single run's seeding (memexp.train.build_run: ``seed_everything(seed)``
 then the model), so its initial weights are the basic launcher's; it draws its own batches from its
 own BatchIterator (seeded with its seed) and has its own hyperparameters. The members' parameters
-are stacked (``stack_module_state``); one ``vmap`` of ``functional_call`` computes every member's
-loss, one backward pass their gradients (the members are independent, so the gradient of the summed
-losses is each member's own gradient), and the batched optimizer (memexp/batched/optim.py) updates
-them. Evaluation, logging, summaries and checkpoints are per member, in each member's run dir,
-with the same keys and statuses as memexp.train.train.
+are stacked (``stack_module_state``); one forward computes every member's loss (the model's own
+``population_forward`` where it has one, memexp/models/population.py, else ``vmap`` of
+``functional_call``), one backward pass their gradients (the members are independent, so the
+gradient of the summed losses is each member's own gradient), and the batched optimizer
+(memexp/batched/optim.py) updates them. Evaluation runs every member at once as well; logging,
+summaries and checkpoints are per member, in each member's run dir, with the same keys and statuses
+as memexp.train.train.
 
 Checkpoints: each member writes its own ``checkpoints/step_*.pt`` in its run dir (its parameters as
 an ordinary ``state_dict`` under ``model``, its optimizer buffers under ``population_optimizer``,
