@@ -361,7 +361,8 @@ def register_plugins() -> None:
     from hydra.core.plugins import Plugins
 
     from hydra_plugins.memexp_batched_launcher.batched_launcher import BatchedLauncher
+    from hydra_plugins.memexp_sweeper import MemexpBasicSweeper
     from hydra_plugins.memexp_tune import TuneSweeper
 
-    for plugin in (TuneSweeper, BatchedLauncher):
+    for plugin in (TuneSweeper, BatchedLauncher, MemexpBasicSweeper):
         Plugins.instance().register(plugin)

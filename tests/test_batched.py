@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from memexp import rundir
 from memexp.batched.optim import BatchedOptimizer
@@ -278,6 +278,31 @@ def test_launcher_refuses_what_it_cannot_batch_in_one_line(tmp_path: Path) -> No
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("memexp: error: optimizer.kernel='l2' is not allowed: one of l1, softsign, quadratic")
+
+
+def test_the_sweeper_leaves_composing_the_batch_to_the_batched_launcher(tmp_path: Path) -> None:
+    """memexp_basic (train -m's sweeper) composes a batch to check it only when the launcher does not
+    do so itself before running any job; a bad override still stops the batched sweep before any
+    job trains."""
+    from types import SimpleNamespace
+
+    from hydra_plugins.memexp_batched_launcher.batched_launcher import BatchedLauncher
+    from hydra_plugins.memexp_sweeper import MemexpBasicSweeper
+
+    composed: list[list[str]] = []
+    loader = SimpleNamespace(load_sweep_config=lambda master_config, sweep_overrides: composed.append(sweep_overrides))
+    batch = [["seed=0"], ["seed=1"]]
+    for launcher, expected in ((SimpleNamespace(), batch), (BatchedLauncher.__new__(BatchedLauncher), [])):
+        sweeper, composed[:] = MemexpBasicSweeper(), []
+        sweeper.basic.launcher, sweeper.basic.config = launcher, OmegaConf.create({})
+        sweeper.basic.hydra_context = SimpleNamespace(config_loader=loader)
+        sweeper.leave_validation_to_the_launcher()
+        sweeper.basic.validate_batch_is_legal(batch)
+        assert composed == expected
+    result = run_memexp(*SWEEP, "seed=0,1", "optimizer.lr=0.1,oops", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Value 'oops' of type 'str' could not be converted to Float" in result.stderr
+    assert not list((tmp_path / "outputs").rglob("summary.json"))
 
 
 KILL_SWEEP = [

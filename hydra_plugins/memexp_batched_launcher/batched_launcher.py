@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 
 class BatchedLauncher(Launcher):
+    # launch() composes and checks every job of a batch before it trains any (memexp_basic sweeper).
+    composes_batch_first = True
+
     def __init__(self, members: int = 16, **_: Any) -> None:
         from memexp.batched.launcher import PopulationLauncher
 
