@@ -183,7 +183,7 @@ def evaluate_members(
     """:func:`evaluate` for ``members`` models at once, the caller having put them in eval mode:
     ``outputs(xb)`` returns their outputs stacked, ``[members, batch, ...]`` (the batched launcher's
     population; a single model is ``members = 1``). Each model's loss and accuracy are accumulated
-    batch by batch in float64, by the task's own ``loss`` and ``correct``."""
+    batch by batch in float64, by the task's ``member_loss`` and ``member_correct``."""
     totals = torch.zeros(members, 3, dtype=torch.float64, device=x.device)  # loss sum, correct, count
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]

@@ -24,11 +24,9 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -51,7 +49,7 @@ from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS, evaluate_members
-from memexp.train import RunConfig, evaluate_gap, gap_metrics, resolve_device
+from memexp.train import RunConfig, gap_metrics, resolve_device
 
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
@@ -147,18 +145,6 @@ class Member:
     last_geometry: dict[str, float] = field(default_factory=dict)
     geometry: GeometryProbe | None = None  # its geom/* metrics (metrics.every > 0), on the population's scratch model
     alive: bool = True
-
-
-class MemberModel(nn.Module):
-    """One member's parameters as an ordinary module (for memexp's evaluation)."""
-
-    def __init__(self, base: nn.Module, params: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.base = base
-        self.weights = params  # a plain attribute: the module owns no parameters of its own
-
-    def forward(self, x: Tensor) -> Tensor:
-        return functional_call(self.base, self.weights, (x,))
 
 
 def member_hyperparameters(members: list[Member]) -> dict[str, Tensor]:
@@ -273,19 +259,6 @@ class Population:
         """Member ``index``'s parameters, as views of its row of the flat tensor (or of a copy of it)."""
         views = (self.flat if flat is None else flat).detach()[index].split(self.sizes)
         return {name: view.view(self.shapes[name]) for name, view in zip(self.names, views)}
-
-    def evaluate(self, index: int) -> dict[str, float]:
-        """memexp.train.evaluate_gap on member ``index`` (the same evaluation code as a single run)."""
-        run = SimpleNamespace(
-            forward=MemberModel(self.base, self.member_params(index)),
-            task=self.task,
-            eval_sets=self.eval_sets,
-            cfg=self.members[index].run_cfg,
-            data=self.data,
-            autocast=nullcontext,
-        )
-        with torch.no_grad():
-            return evaluate_gap(run)  # type: ignore[arg-type]
 
     def evaluate_all(self) -> list[dict[str, float]]:
         """Every member's evaluation at once, in eval mode: memexp.train.evaluate_gap's keys and
@@ -501,7 +474,8 @@ class Population:
         """The end of memexp.train.train for one member: final evaluation (``evaluation``, when the
         population's was just taken), status, summary."""
         member = self.members[index]
-        member.last_eval = self.evaluate(index) if evaluation is None else evaluation
+        # A member ending alone (diverged) pays one population evaluation: rare, and one code path.
+        member.last_eval = self.evaluate_all()[index] if evaluation is None else evaluation
         member.logger.log(member.last_eval, step)  # type: ignore[union-attr]
         if status == "running":
             status = "finished" if all(math.isfinite(v) for v in member.last_eval.values()) else "diverged"

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import require
-from memexp.models.population import chain_layers, chain_population_forward
+from memexp.models.population import ChainPopulationForward
 from memexp.models.registry import MODELS, ModelConfig
 
 
@@ -29,7 +29,7 @@ class CNNConfig(ModelConfig):
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
 
 
-class CNN(nn.Module):
+class CNN(ChainPopulationForward, nn.Module):
     """conv3x3 -> [norm] -> ReLU blocks, 2x2 max-pool after each block while the image is >= 4 px,
     then global average pooling and a linear classifier."""
 
@@ -55,10 +55,6 @@ class CNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
-
-    def population_forward(self, params: dict[str, Tensor], x: Tensor, shared_input: bool = False) -> Tensor:
-        """M members' outputs at once from their stacked parameters (memexp/models/population.py)."""
-        return chain_population_forward(chain_layers(self), params, x, shared_input)
 
 
 @MODELS.register("cnn", config=CNNConfig)

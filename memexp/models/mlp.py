@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import require
-from memexp.models.population import chain_layers, chain_population_forward
+from memexp.models.population import ChainPopulationForward
 from memexp.models.registry import MODELS, ModelConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -28,7 +28,7 @@ class MLPConfig(ModelConfig):
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a number in [0, 1)")
 
 
-class MLP(nn.Module):
+class MLP(ChainPopulationForward, nn.Module):
     def __init__(self, in_features: int, hidden_sizes: list[int], num_classes: int, activation: str, dropout: float):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -43,10 +43,6 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-    def population_forward(self, params: dict[str, Tensor], x: Tensor, shared_input: bool = False) -> Tensor:
-        """M members' outputs at once from their stacked parameters (memexp/models/population.py)."""
-        return chain_population_forward(chain_layers(self), params, x, shared_input)
 
 
 @MODELS.register("mlp", config=MLPConfig)

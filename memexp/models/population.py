@@ -90,6 +90,16 @@ def chain_population_forward(
     return h.transpose(1, 2)
 
 
+class ChainPopulationForward:
+    """Mixin for models that are a plain chain of layers (nested ``nn.Sequential``s, forward = their
+    composition): gives them the batched launcher's ``population_forward``."""
+
+    def population_forward(self, params: dict[str, Tensor], x: Tensor, shared_input: bool = False) -> Tensor:
+        """M members' outputs at once from their stacked parameters (:func:`chain_population_forward`)."""
+        assert isinstance(self, nn.Module)
+        return chain_population_forward(chain_layers(self), params, x, shared_input)
+
+
 def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The leaf modules of ``model`` in registration order: its forward order for a model built as
     nested ``nn.Sequential`` chains (what a model opting in to :func:`chain_population_forward`
