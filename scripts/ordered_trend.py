@@ -18,36 +18,17 @@ The adjustment is memexp's (memexp.report.stats.holm_adjust), the t-test and int
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as scipy_stats
 
+from memexp.report.render import read_runs_matrix
 from memexp.report.stats import estimate, holm_adjust, paired_t
-from memexp.rundir import Status
-
-FINISHED = Status.FINISHED.value  # rows with another status ("not reached" with --at, diverged) are not read
 
 ALPHA = 0.05
-
-
-def read_table(path: Path, order: list[str], metric: str) -> tuple[list[str], np.ndarray]:
-    """Seeds with a finite value in every arm, and the (seeds x arms) matrix of the metric."""
-    values: dict[str, dict[str, float]] = {}
-    with path.open() as handle:
-        for row in csv.DictReader(handle):
-            if row["group"] not in order or metric not in row or row.get("status", FINISHED) != FINISHED:
-                continue
-            text = row[metric]
-            number = float(text) if text not in ("", None) else math.nan
-            if math.isfinite(number):
-                values.setdefault(row["seed"], {})[row["group"]] = number
-    seeds = sorted((s for s, arms in values.items() if set(order) <= set(arms)), key=int)
-    return seeds, np.array([[values[s][arm] for arm in order] for s in seeds], dtype=float)
 
 
 def interval(values: np.ndarray) -> dict[str, float]:
@@ -56,7 +37,7 @@ def interval(values: np.ndarray) -> dict[str, float]:
 
 
 def trend(path: Path, order: list[str], metric: str) -> dict[str, object]:
-    seeds, table = read_table(path, order, metric)
+    seeds, table = read_runs_matrix(path, order, metric)
     out: dict[str, object] = {"n_seeds": len(seeds), "seeds": seeds}
     if len(seeds) < 2:
         out["error"] = "fewer than 2 seeds with a value in every arm"

@@ -14,31 +14,20 @@ Prints JSON for d = A − B over the seeds both groups have: the mean, its 95% t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as scipy_stats
 
+from memexp.report.render import read_runs_matrix
 from memexp.report.stats import estimate, paired_t
-from memexp.rundir import Status
-
-FINISHED = Status.FINISHED.value  # rows with another status ("not reached" with --at, diverged) are not read
 
 
 def paired_values(path: Path, a: str, b: str, metric: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    by_group: dict[str, dict[str, float]] = {a: {}, b: {}}
-    with path.open() as handle:
-        for row in csv.DictReader(handle):
-            text = row.get(metric, "")
-            usable = row.get("status", FINISHED) == FINISHED and text not in ("", None)
-            if row["group"] in by_group and usable and math.isfinite(float(text)):
-                by_group[row["group"]][row["seed"]] = float(text)
-    seeds = sorted(set(by_group[a]) & set(by_group[b]), key=int)
-    return seeds, np.array([by_group[a][s] for s in seeds]), np.array([by_group[b][s] for s in seeds])
+    seeds, matrix = read_runs_matrix(path, [a, b], metric)
+    return seeds, matrix[:, 0] if seeds else np.array([]), matrix[:, 1] if seeds else np.array([])
 
 
 def one_sided(differences: np.ndarray, shift: float, alternative: str) -> float:

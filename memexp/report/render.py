@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -337,3 +338,20 @@ def write_csvs(report: Report, out_dir: Path) -> None:
                     *(csv_number(v) for v in (c.wilcoxon_statistic, c.wilcoxon_pvalue)),
                 ]
             )
+
+
+def read_runs_matrix(path: Path, groups: Sequence[str], metric: str) -> tuple[list[str], np.ndarray]:
+    """From a ``runs.csv`` this module wrote: the seeds that have a finite ``metric`` in every one of
+    ``groups`` (finished runs only: "not reached" with ``--at``, diverged and failed rows are left
+    out), in seed order, and the ``(seeds × groups)`` matrix of those values (paired readings)."""
+    values: dict[str, dict[str, float]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            if row["group"] not in groups or row.get("status", FINISHED) != FINISHED:
+                continue
+            text = row.get(metric) or ""
+            number = float(text) if text else math.nan
+            if math.isfinite(number):
+                values.setdefault(row["seed"], {})[row["group"]] = number
+    seeds = sorted((seed for seed, found in values.items() if set(groups) <= set(found)), key=int)
+    return seeds, np.array([[values[seed][group] for group in groups] for seed in seeds], dtype=float)
