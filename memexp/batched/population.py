@@ -295,8 +295,8 @@ class Population:
                 for name, param in trainable:
                     param.copy_(weights[name])
             if flat_before is not None:
-                before = self.member_params(index, flat_before)
-                member.geometry.remember_weights([before[name].clone() for name, _ in trainable])
+                before = self.member_params(index, flat_before)  # views of the step's one copy, never written
+                member.geometry.remember_weights([before[name] for name, _ in trainable])
             for group in member.geometry.optimizer.param_groups:
                 group["lr"] = self.member_lr(index)  # as the single run's scheduler leaves it after the step
             member.last_geometry = member.geometry.compute(step)

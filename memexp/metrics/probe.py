@@ -560,8 +560,8 @@ class GeometryProbe:
         ``weights``: already-copied weights in the order of the model's trainable parameters (a
         population's member, whose weights the model holds only while it is measured)."""
         if self._wants_before:
-            trainable = [p for p in self.model.parameters() if p.requires_grad]
-            self._before = weights if weights is not None else [p.detach().clone() for p in trainable]
+            own = weights is None
+            self._before = [p.detach().clone() for p in self.model.parameters() if p.requires_grad] if own else weights
 
     def compute(self, step: int) -> dict[str, float]:
         before, self._before = self._before, None
