@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memexp import rundir
 from memexp.batched.optim import BatchedOptimizer
-from memexp.batched.population import Member, Population
+from memexp.batched.population import Member, Population, member_eval_batch, pass_width
 from memexp.config import Progress
 from memexp.logging import LocalLogger, read_metrics
 from memexp.logging.progress import ProgressReporter
@@ -60,6 +60,8 @@ MEMBERS = {
 MODELS = {
     "mlp": ["model=mlp"],
     "cnn": ["model=cnn", "trainer.lr_schedule=cosine", "trainer.warmup_steps=10", "trainer.grad_clip=1.0"],
+    # A narrow ViT (its own population forward: batched attention, patch embedding as a product).
+    "vit": ["model=vit", "model.embed_dim=24", "model.depth=2", "model.num_heads=2"],
 }
 
 
@@ -189,8 +191,9 @@ def test_member_gradients_equal_single_run_gradients(model: str, compose: Compos
                 population.member_params(index)[name].copy_(param)
     batches = [next(run.batches) for run in trained]
     x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
-    losses = population.task.member_loss(population.forward(population.stacked_params(), x), y)
-    (gradient,) = torch.autograd.grad(losses.sum(), population.flat)
+    flat = population.flat.clone().requires_grad_(True)
+    losses = population.task.member_loss(population.forward(population.stacked_params(flat), x), y)
+    (gradient,) = torch.autograd.grad(losses.sum(), flat)
     for index, run in enumerate(trained):
         run.model.zero_grad()
         loss = run.task.loss(run.model(x[index]), y[index])
@@ -200,6 +203,47 @@ def test_member_gradients_equal_single_run_gradients(model: str, compose: Compos
         expected = torch.cat([params[name].grad.flatten() for name in population.names])
         error = (gradient[index] - expected).norm() / expected.norm()
         assert error < 1e-5, (model, index, error.item())
+
+
+def test_passes_of_a_few_members_train_as_one_pass_does(compose: Compose, tmp_path: Path) -> None:
+    """members_per_pass splits the forward and backward, not the arithmetic: each member's losses and
+    weights are those of the population trained in one pass."""
+    torch.set_num_threads(1)
+    overrides = ["optimizer=adamw", *MODELS["vit"], *TRAINER[1:], "trainer.max_steps=15"]
+    configs = [
+        compose([*overrides, f"seed={seed}", f"optimizer.lr={lr}"]) for seed, lr in enumerate((1e-3, 3e-3, 2e-3))
+    ]
+    runs = {}
+    for width in (0, 2):
+        members = [make_member(cfg, tmp_path / f"w{width}" / str(i)) for i, cfg in enumerate(configs)]
+        population = Population(members, members_per_pass=width)
+        assert [(rows.start, rows.stop) for rows in population.passes] == ([(0, 3)] if width == 0 else [(0, 2), (2, 3)])
+        population.train()
+        runs[width] = population
+    for index in range(3):
+        expected = batch_losses(tmp_path / "w0" / str(index))
+        assert batch_losses(tmp_path / "w2" / str(index)) == pytest.approx(expected, rel=1e-6)
+    torch.testing.assert_close(runs[2].flat, runs[0].flat, rtol=1e-5, atol=1e-6)
+    for got, want in zip(runs[2].evaluate_all(), runs[0].evaluate_all()):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)  # eval batches of 1024//2 vs 1024//3
+
+
+def test_pass_width_is_all_members_unless_their_parameters_outgrow_a_cpus_caches() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pass_width(0, 16, 26_122, cpu) == 16  # the digits MLP
+    assert pass_width(0, 16, 5_362_762, cpu) == 4  # the tiny ViT: 85.8M parameters in 4 passes
+    assert pass_width(0, 16, 5_362_762, cuda) == 16
+    assert pass_width(0, 3, 20_000_000, cpu) == 1
+    assert pass_width(5, 16, 26_122, cpu) == 5 and pass_width(32, 16, 26_122, cuda) == 16
+
+
+def test_a_pass_evaluates_as_many_examples_as_one_runs_evaluation() -> None:
+    # One pass of 16 members: 1/16 of the run's batch each (the memory of one run's evaluation).
+    assert member_eval_batch(1024, 449, 16, passes=1) == 64
+    # In passes (compute-bound): 1/width of the run's actual forward, the 449-example split.
+    assert member_eval_batch(1024, 449, 4, passes=4) == 113
+    assert member_eval_batch(1024, 5000, 4, passes=4) == 256
+    assert member_eval_batch(8, 449, 16, passes=1) == 1
 
 
 def test_optimizer_freezes_the_listed_members() -> None:
@@ -274,6 +318,10 @@ def test_launcher_refuses_what_it_cannot_batch_in_one_line(tmp_path: Path) -> No
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("memexp: error: metrics.tier='full' is not allowed: economy (metrics=default)")
+    result = run_memexp(*SWEEP, "hydra.launcher.members_per_pass=-1", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: hydra.launcher.members_per_pass=-1 is not allowed: an integer >= 1, or 0")
     result = run_memexp(*SWEEP, "optimizer=lion_k", "optimizer.kernel=l2", "seed=0,1", cwd=tmp_path)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()

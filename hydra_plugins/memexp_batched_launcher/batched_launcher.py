@@ -21,10 +21,10 @@ class BatchedLauncher(Launcher):
     # launch() composes and checks every job of a batch before it trains any (memexp_basic sweeper).
     composes_batch_first = True
 
-    def __init__(self, members: int = 16, **_: Any) -> None:
+    def __init__(self, members: int = 16, members_per_pass: int = 0, **_: Any) -> None:
         from memexp.batched.launcher import PopulationLauncher
 
-        self.launcher = PopulationLauncher(members)
+        self.launcher = PopulationLauncher(members, members_per_pass)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)

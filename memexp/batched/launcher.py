@@ -128,8 +128,8 @@ def replay_to_wandb(member: Member, job_cfg: DictConfig) -> None:
 
 
 class PopulationLauncher:
-    def __init__(self, members: int = 16) -> None:
-        self.members = members
+    def __init__(self, members: int = 16, members_per_pass: int = 0) -> None:
+        self.members, self.members_per_pass = members, members_per_pass
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -164,6 +164,12 @@ class PopulationLauncher:
         checked: list[RunConfig] = []
         try:
             require(self.members >= 1, "hydra.launcher.members", self.members, "an integer >= 1")
+            require(
+                self.members_per_pass >= 0,
+                "hydra.launcher.members_per_pass",
+                self.members_per_pass,
+                "an integer >= 1, or 0 for all members in one pass",
+            )
             for config in configs:
                 checked.append(check_config(config))
                 problem = refusal(checked[-1])
@@ -207,7 +213,7 @@ class PopulationLauncher:
         if not members:
             return
         try:
-            summaries = Population([member for _, member in members]).train()
+            summaries = Population([member for _, member in members], self.members_per_pass).train()
         except Interrupted as stopped:
             print(
                 f"memexp: {stopped}; checkpoints saved in each member's run dir; run the same command with "

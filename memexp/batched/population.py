@@ -162,8 +162,41 @@ def decayed_parameters(model: nn.Module, no_decay: list[str]) -> dict[str, bool]
     return {name: id(p) in decayed_ids for name, p in model.named_parameters()}
 
 
+# On a CPU, members whose forward and backward run in one pass share its dispatch and Python costs,
+# which is the whole gain for a small model; a compute-bound model gains nothing from a wider pass,
+# and its activations then outgrow the caches. Measured on the 2-core machine (s per step of 16
+# members): the tiny ViT (5.36M parameters) in passes of 16: 5.6-6.2, 8: 3.2-3.5, 4: 2.8-3.0,
+# 2: 2.8-3.0; the MLP (26k) and the CNN (19k) are fastest in one pass. On a GPU one pass is the point.
+CPU_PASS_PARAMETERS = 24_000_000
+
+
+def pass_width(members_per_pass: int, members: int, parameters: int, device: torch.device) -> int:
+    """Members per forward-backward pass: ``members_per_pass`` (hydra.launcher.members_per_pass)
+    when > 0; else (auto) all members, except on a CPU when their parameters together exceed
+    CPU_PASS_PARAMETERS: then as few even passes as keep each under it."""
+    if members_per_pass > 0:
+        return min(members_per_pass, members)
+    if device.type != "cpu":
+        return members
+    passes = max(1, math.ceil(members * parameters / CPU_PASS_PARAMETERS))
+    return math.ceil(members / passes)
+
+
+def member_eval_batch(batch_size: int, examples: int, width: int, passes: int) -> int:
+    """Each member's evaluation batch on a split of ``examples``, when a forward runs ``width``
+    members (``passes`` passes; ``batch_size``: the single run's evaluation batch). A forward holds
+    every member's activations, so a pass of members sees 1/width of the run's batch: the memory of one
+    run's evaluation. A model split into passes (compute-bound, see CPU_PASS_PARAMETERS) gets 1/width
+    of the run's actual forward, the split if smaller than a batch, which keeps its activations in
+    the caches as one run's are (tiny ViT, digits: 13.1-13.6 s instead of 16.5-17.3 for 16 members);
+    a one-pass population keeps the larger batch, whose fewer forwards are what a small model pays
+    for (MLP: 9.9 ms instead of 17.0)."""
+    run_forward = batch_size if passes == 1 else min(batch_size, examples)
+    return max(1, math.ceil(run_forward / width))
+
+
 class Population:
-    def __init__(self, members: list[Member]) -> None:
+    def __init__(self, members: list[Member], members_per_pass: int = 0) -> None:
         self.members = members
         first = members[0].run_cfg
         self.trainer = first.trainer
@@ -193,7 +226,9 @@ class Population:
         self.names = sorted(stacked, key=lambda name: not decayed[name])  # stable: model order within
         self.shapes = {name: stacked[name].shape[1:] for name in self.names}
         self.sizes = [stacked[name][0].numel() for name in self.names]
-        self.flat = torch.cat([stacked[name].detach().flatten(1) for name in self.names], dim=1).requires_grad_(True)
+        self.flat = torch.cat([stacked[name].detach().flatten(1) for name in self.names], dim=1)
+        width = pass_width(members_per_pass, len(members), self.flat.shape[1], self.device)
+        self.passes = [slice(start, min(start + width, len(members))) for start in range(0, len(members), width)]
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
         self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
         del models, stacked
@@ -250,9 +285,10 @@ class Population:
         """``flat`` ([M, N]: parameters or gradients) as its two column blocks, weight-decayed then not."""
         return list(flat.split([self.decayed_columns, flat.shape[1] - self.decayed_columns], dim=1))
 
-    def stacked_params(self) -> dict[str, Tensor]:
-        """Every parameter as a [M, ...] view of the flat tensor (differentiable: one split)."""
-        views = self.flat.split(self.sizes, dim=1)
+    def stacked_params(self, flat: Tensor) -> dict[str, Tensor]:
+        """Every parameter as a [rows, ...] view of ``flat`` (rows of the flat tensor; differentiable:
+        one split)."""
+        views = flat.split(self.sizes, dim=1)
         return {name: view.view(-1, *self.shapes[name]) for name, view in zip(self.names, views)}
 
     def member_params(self, index: int, flat: Tensor | None = None) -> dict[str, Tensor]:
@@ -262,18 +298,25 @@ class Population:
 
     def evaluate_all(self) -> list[dict[str, float]]:
         """Every member's evaluation at once, in eval mode: memexp.train.evaluate_gap's keys and
-        arithmetic (memexp.tasks.evaluate_members), each evaluation batch one forward of the population."""
+        arithmetic (memexp.tasks.evaluate_members), each evaluation batch one forward per pass of members."""
         cfg, spec = self.members[0].run_cfg, self.data.spec
         batch_size = self.task.eval_batch_size(cfg.trainer.eval_batch_size, spec.input_shape, spec.num_classes)
-        # A forward holds every member's activations: 1/M of a run's evaluation batch keeps the memory
-        # of one run's evaluation (and costs the MLP and CNN nothing measurable: 8.4 vs 8.1 ms, 243 vs 234 ms).
-        batch_size = max(1, batch_size // len(self.members))
-        params = {name: p.detach() for name, p in self.stacked_params().items()}
+        width = self.passes[0].stop - self.passes[0].start
+        params = [self.stacked_params(self.flat[rows]) for rows in self.passes]
+
+        def forward(xb: Tensor) -> Tensor:
+            return torch.cat([self.forward_shared(pass_params, xb) for pass_params in params])
+
         self.base.eval()
         try:
             results = {
                 split: evaluate_members(
-                    lambda xb: self.forward_shared(params, xb), len(self.members), self.task, x, y, batch_size
+                    forward,
+                    len(self.members),
+                    self.task,
+                    x,
+                    y,
+                    member_eval_batch(batch_size, len(x), width, len(self.passes)),
                 )
                 for split, (x, y) in self.eval_sets.items()
             }
@@ -443,16 +486,21 @@ class Population:
     def train_step(self) -> Tensor:
         """One update of every member on its next batch; returns the members' batch losses, [M]."""
         x, y = next_batches([m.batches for m in self.members])  # type: ignore[misc]
-        losses = self.task.member_loss(self.forward(self.stacked_params(), x), y)
-        # The members are independent: the gradient of their summed losses is each one's own.
-        (gradient,) = torch.autograd.grad(losses.sum(), self.flat)
+        losses, gradients = [], []
+        for rows in self.passes:
+            flat = self.flat[rows].requires_grad_(True)  # a view of the weights, a leaf of this pass's graph
+            pass_losses = self.task.member_loss(self.forward(self.stacked_params(flat), x[rows]), y[rows])
+            # The members are independent: the gradient of their summed losses is each one's own.
+            gradients.extend(torch.autograd.grad(pass_losses.sum(), flat))
+            losses.append(pass_losses.detach())
+        gradient = gradients[0] if len(gradients) == 1 else torch.cat(gradients)
         grads = self.blocks(gradient)
         if self.trainer.grad_clip > 0:
             clip_grad_norms_(grads, self.trainer.grad_clip)
         lr = self.base_lr * self.lr_factor()
         frozen = [i for i, m in enumerate(self.members) if not m.alive]
         self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
-        return losses
+        return losses[0] if len(losses) == 1 else torch.cat(losses)
 
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch

@@ -16,6 +16,9 @@ layer is one ordinary batched operation in a layout chosen for it:
 Member m's output equals its ``forward`` with its own parameters to float rounding (tested against
 ``vmap`` of ``forward``). Dropout draws an independent mask per member, as ``vmap(...,
 randomness="different")`` does.
+
+Models that are not a chain (the ViT) write their population forward from the per-member layers
+below, which act on the token layout ``[M, ..., F]``.
 """
 
 from __future__ import annotations
@@ -105,6 +108,32 @@ def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     nested ``nn.Sequential`` chains (what a model opting in to :func:`chain_population_forward`
     promises)."""
     return [(name, module) for name, module in model.named_modules() if not any(module.children())]
+
+
+def member_linear(params: dict[str, Tensor], name: str, h: Tensor) -> Tensor:
+    """The Linear ``name`` of every member on its own inputs ``h`` ``[M, ..., in]`` -> ``[M, ..., out]``:
+    one batched product over the flattened middle dimensions."""
+    weight, bias = params[f"{name}.weight"], params.get(f"{name}.bias")
+    rows = h.reshape(h.shape[0], -1, h.shape[-1])
+    out = (
+        torch.bmm(rows, weight.transpose(1, 2))
+        if bias is None
+        else torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+    )
+    return out.view(*h.shape[:-1], weight.shape[1])
+
+
+def member_layer_norm(params: dict[str, Tensor], name: str, layer: nn.LayerNorm, h: Tensor) -> Tensor:
+    """The LayerNorm ``name`` (``layer``: its module, for the shape, eps and affine flags) of every
+    member on ``h`` ``[M, ..., F]``: the normalization is per row as in one model; the members'
+    own scale and shift are broadcast over the middle dimensions."""
+    normed = F.layer_norm(h, layer.normalized_shape, eps=layer.eps)
+    if not layer.elementwise_affine:
+        return normed
+    shape = (h.shape[0],) + (1,) * (h.dim() - 1 - len(layer.normalized_shape)) + tuple(layer.normalized_shape)
+    weight = params[f"{name}.weight"].view(shape)
+    bias = params.get(f"{name}.bias")
+    return normed * weight if bias is None else torch.addcmul(bias.view(shape), normed, weight)
 
 
 def _pool_before_relu(layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import ConfigValueError, require
+from memexp.models.population import member_layer_norm, member_linear
 from memexp.models.registry import MODELS, ModelConfig
 
 POOLING = ("cls", "mean")
@@ -80,6 +81,19 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         return self.proj_dropout(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
 
+    def population_forward(self, params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+        """:meth:`forward` of M members at once: ``x`` ``[M, B, N, dim]``, parameters stacked in ``params``."""
+        members, batch, tokens, dim = x.shape
+        qkv = member_linear(params, f"{prefix}qkv", x)
+        # The members' sequences are independent: attention runs on M·B sequences.
+        q, k, v = (
+            qkv.view(members * batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        )
+        dropout = self.attention_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(members, batch, tokens, dim)
+        return self.proj_dropout(member_linear(params, f"{prefix}proj", out))
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
@@ -99,6 +113,16 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
+
+    def population_forward(self, params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+        """:meth:`forward` of M members at once: ``x`` ``[M, B, N, dim]``."""
+        x = x + self.attn.population_forward(
+            params, f"{prefix}attn.", member_layer_norm(params, f"{prefix}norm1", self.norm1, x)
+        )
+        fc1, activation, dropout1, fc2, dropout2 = self.mlp
+        h = member_layer_norm(params, f"{prefix}norm2", self.norm2, x)
+        h = dropout1(activation(member_linear(params, f"{prefix}mlp.0", h)))
+        return x + dropout2(member_linear(params, f"{prefix}mlp.3", h))
 
 
 class VisionTransformer(nn.Module):
@@ -155,6 +179,41 @@ class VisionTransformer(nn.Module):
         tokens = self.norm(self.blocks(self.pos_dropout(tokens + self.pos_embed)))
         pooled = tokens[:, 0] if self.cls_token is not None else tokens.mean(dim=1)
         return self.head(pooled)
+
+    def population_forward(self, params: dict[str, Tensor], x: Tensor, shared_input: bool = False) -> Tensor:
+        """Every member's output ``[M, B, classes]`` from the members' stacked parameters (``[M, ...]``
+        per name) on their own batches ``x`` ``[M, B, C, H, W]`` (or, with ``shared_input``, one batch
+        ``[B, C, H, W]`` for all): the batched launcher's forward (memexp/batched/population.py).
+
+        Each Linear is one batched product over the members, attention runs on the M·B sequences, and
+        the patch embedding (a convolution whose stride is its kernel) is the same product on the
+        image cut into patches, so a shared input is cut once. Under ``vmap`` of :meth:`forward`,
+        attention had no batching rule and ran member by member. Equal to each member's
+        :meth:`forward` to float rounding (tests/models/test_population.py)."""
+        members = params["head.weight"].shape[0]
+        (patch, _), channels = self.patch_embed.kernel_size, self.patch_embed.in_channels
+        images = x if shared_input else x.flatten(0, 1)
+        batch, _, height, width = images.shape
+        # [B', C, H, W] -> [B', patches, C·p·p], each patch flattened as the kernel's (C, p, p) weights
+        patches = images.view(batch, channels, height // patch, patch, width // patch, patch)
+        patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * patch * patch)
+        weight = params["patch_embed.weight"].flatten(2).transpose(1, 2)  # [M, C·p·p, dim]
+        bias = params["patch_embed.bias"].unsqueeze(1)
+        if shared_input:  # every member's filters on the one batch: [M, B·patches, dim]
+            tokens = torch.baddbmm(bias, patches.flatten(0, 1).expand(members, -1, -1), weight)
+        else:
+            tokens = torch.baddbmm(bias, patches.view(members, -1, patches.shape[-1]), weight)
+        tokens = tokens.view(members, -1, patches.shape[1], weight.shape[-1])  # [M, B, patches, dim]
+        batch = tokens.shape[1]
+        if self.cls_token is not None:
+            cls = params["cls_token"].expand(members, batch, 1, -1)
+            tokens = torch.cat([cls, tokens], dim=2)
+        tokens = self.pos_dropout(tokens + params["pos_embed"])
+        for index, block in enumerate(self.blocks):
+            tokens = block.population_forward(params, f"blocks.{index}.", tokens)
+        tokens = member_layer_norm(params, "norm", self.norm, tokens)
+        pooled = tokens.select(2, 0) if self.cls_token is not None else tokens.mean(dim=2)
+        return member_linear(params, "head", pooled)
 
 
 @MODELS.register("vit", config=ViTConfig)

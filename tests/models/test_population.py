@@ -10,6 +10,7 @@ from torch.func import functional_call, stack_module_state
 from memexp.models.cnn import CNN
 from memexp.models.mlp import MLP
 from memexp.models.population import chain_layers, chain_population_forward
+from memexp.models.vit import VisionTransformer
 
 MEMBERS = 4
 CASES = {
@@ -17,6 +18,8 @@ CASES = {
     "mlp_gelu": (lambda: MLP(12, [8], 3, "gelu", 0.0), (12,)),
     "cnn_digits": (lambda: CNN(1, 8, [8, 16], 10, False, 0.0), (1, 8, 8)),
     "cnn_rgb": (lambda: CNN(3, 16, [4, 8, 8], 5, False, 0.0), (3, 16, 16)),
+    "vit_cls": (lambda: VisionTransformer(1, 8, 2, 10, 12, 2, 3), (1, 8, 8)),
+    "vit_mean_rgb_no_qkv_bias": (lambda: VisionTransformer(3, 8, 4, 5, 8, 1, 2, 2.0, "mean", False), (3, 8, 8)),
 }
 
 
@@ -81,14 +84,23 @@ def test_relu_then_max_pool_ties_route_the_gradient_as_the_model_does() -> None:
         assert torch.equal(a[0], b)
 
 
-def test_dropout_draws_a_mask_per_member() -> None:
-    base, params = stacked(lambda: MLP(16, [256], 2, "relu", 0.5))
+DROPOUT_CASES = {
+    "mlp": (lambda: MLP(16, [256], 2, "relu", 0.5), (16,)),
+    "vit_dropout": (lambda: VisionTransformer(1, 4, 2, 2, 8, 1, 2, dropout=0.5), (1, 4, 4)),
+    "vit_attention_dropout": (lambda: VisionTransformer(1, 4, 2, 2, 8, 1, 2, attention_dropout=0.5), (1, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("case", list(DROPOUT_CASES))
+def test_dropout_draws_a_mask_per_member(case: str) -> None:
+    make, shape = DROPOUT_CASES[case]
+    base, params = stacked(make)
     same = {name: p[:1].expand(MEMBERS, *p.shape[1:]) for name, p in params.items()}  # one member, 4 times
-    out = base.population_forward(same, torch.randn(10, 16, dtype=torch.float64), shared_input=True)
+    out = base.population_forward(same, torch.randn(10, *shape, dtype=torch.float64), shared_input=True)
     assert not torch.equal(out[0], out[1])
     base.eval()
-    out = base.population_forward(same, torch.randn(10, 16, dtype=torch.float64), shared_input=True)
-    assert torch.equal(out[0], out[1])
+    out = base.population_forward(same, torch.randn(10, *shape, dtype=torch.float64), shared_input=True)
+    torch.testing.assert_close(out[0], out[1], rtol=1e-13, atol=1e-13)
 
 
 def test_a_layer_without_a_population_forward_is_refused() -> None:
