@@ -4,11 +4,14 @@ process, vectorized over a leading member dimension.
 Each member is built with the single run's seeding (memexp.train.build_run: ``seed_everything(seed)``
 then the model), so its initial weights are the basic launcher's; it draws its own batches from its
 own BatchIterator (seeded with its seed) and has its own hyperparameters. The members' parameters
-are stacked (``stack_module_state``); one forward computes every member's loss (the model's own
-``population_forward`` where it has one, memexp/models/population.py, else ``vmap`` of
-``functional_call``), one backward pass their gradients (the members are independent, so the
-gradient of the summed losses is each member's own gradient), and the batched optimizer
-(memexp/batched/optim.py) updates them. Evaluation runs every member at once as well; logging,
+are stacked (``stack_module_state``); one forward computes every member's loss (the model's
+``population_forward``: memexp/models/population.py for chains of layers, the ViT's own), one
+backward pass their gradients (the members are independent, so the gradient of the summed losses is
+each member's own gradient), and the batched optimizer (memexp/batched/optim.py) updates them. A
+compute-bound model on a CPU runs in a few passes of members (``pass_width``). ``vmap`` of each
+model's ``forward`` was the first general path: exact, but it moved the member dimension around every
+operation and ran attention member by member; each batched model now lays out its own population
+forward. Evaluation runs every member at once as well; logging,
 summaries and checkpoints are per member, in each member's run dir, with the same keys and statuses
 as memexp.train.train.
 
@@ -32,7 +35,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
 from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
@@ -115,7 +118,12 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             "(Hessian-vector metrics are not batched yet)",
         ),
         (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
-        (not trainer.compile, "trainer.compile", trainer.compile, f"false under {LAUNCHER} (vmap is not compiled)"),
+        (
+            not trainer.compile,
+            "trainer.compile",
+            trainer.compile,
+            f"false under {LAUNCHER} (the population forward is not compiled)",
+        ),
         (
             trainer.precision is Precision.fp32,
             "trainer.precision",
@@ -269,17 +277,10 @@ class Population:
                 )
         self.started = time.perf_counter()
 
-        def member_forward(params: dict[str, Tensor], x: Tensor) -> Tensor:
-            return functional_call(self.base, params, (x,))
-
-        # A model may offer its own forward over stacked parameters (MLP.population_forward: the same
-        # layers in a layout that batches better); vmap of its forward is the general path.
-        own: Callable[..., Tensor] | None = getattr(self.base, "population_forward", None)
-        self.forward = own if own is not None else vmap(member_forward, randomness="different")
+        # Every model of BATCHED_MODELS computes its members' outputs from their stacked parameters.
+        self.forward: Callable[..., Tensor] = self.base.population_forward  # type: ignore[assignment]
         # Every member on one input (an evaluation batch): [B, ...] -> [M, B, ...].
-        self.forward_shared: Callable[[dict[str, Tensor], Tensor], Tensor] = (
-            partial(own, shared_input=True) if own is not None else vmap(member_forward, in_dims=(0, None))
-        )
+        self.forward_shared = partial(self.forward, shared_input=True)
 
     # ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:

@@ -1,7 +1,7 @@
-"""The forward pass of M copies of a chain model at once, from their stacked parameters: the batched
-launcher's fast path (memexp/batched/population.py) for models that are a plain chain of layers.
+"""The forward pass of M copies of a model at once, from their stacked parameters: the batched
+launcher's forward (memexp/batched/population.py), here for models that are a plain chain of layers.
 
-``vmap`` of a model's ``forward`` (the launcher's general path) is exact but moves the member
+``vmap`` of a model's ``forward`` (the launcher's first path) is exact but moves the member
 dimension around every operation: each Linear becomes ``h·Wᵀ`` whose weight gradient needs a
 transposed copy, and max-pooling runs on the strided view vmap leaves after its grouped convolution
 (on the digits CNN, pooling and those copies took two thirds of a population's step). Here each
@@ -13,8 +13,8 @@ layer is one ordinary batched operation in a layout chosen for it:
 - features ``[M, F, B]``: a Linear is one batched matmul ``W·h`` (``baddbmm``), whose weight
   gradient ``grad·hᵀ`` comes out in the weight's own layout; activations and dropout are elementwise.
 
-Member m's output equals its ``forward`` with its own parameters to float rounding (tested against
-``vmap`` of ``forward``). Dropout draws an independent mask per member, as ``vmap(...,
+Member m's output equals its ``forward`` with its own parameters to float rounding (tested in
+float64 against each member's ``forward``). Dropout draws an independent mask per member, as ``vmap(...,
 randomness="different")`` does.
 
 Models that are not a chain (the ViT) write their population forward from the per-member layers
