@@ -248,7 +248,7 @@ class Population:
         self.gradient = torch.empty_like(self.flat)
         self.pass_gradients = [list(self.stacked_params(self.gradient[rows]).values()) for rows in self.passes]
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
-        self.base = models[0].to("meta")  # the module structure only; functional_call supplies the weights
+        self.base = models[0].to("meta")  # the module structure only; its population_forward takes the stacked weights
         del models, stacked
         self.optimizer = BatchedOptimizer(
             first.optimizer.name,
