@@ -5,7 +5,9 @@ loader and the basic sweeper's expansion of ``a=1,2 b=x,y``), so each job's conf
 as for training and bad overrides fail the same way. For each job the plan prints its overrides, its job key and
 what a re-run would do (run / reuse a finished job / resume an interrupted one). With a submitit
 launcher (``hydra/launcher=slurm``) it also prints the sbatch script submitit would submit, built
-by submitit itself from the launcher settings. Nothing is written.
+by submitit itself from the launcher settings. With ``hydra/launcher=batched`` it checks every job as
+that launcher does before training any (what it refuses fails the plan with the same line) and says
+which population each job joins. Nothing is written.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def submission_script(launcher: dict[str, Any], choice: str, num_jobs: int) -> s
         inner.parameters.pop("map_count", None)
 
 
+def batched_populations(cfg: Any, configs: list[Any], checked: list[Any]) -> list[list[int]] | None:
+    """Under ``hydra/launcher=batched``: the populations its launcher would form (job indices), after
+    the checks it makes before training any job (raises its MemexpError); else None."""
+    if cfg.hydra.runtime.choices.get("hydra/launcher") != "batched":
+        return None
+    from memexp.batched.launcher import check_launch, plan_populations
+
+    members = int(cfg.hydra.launcher.members)
+    check_launch(members, int(cfg.hydra.launcher.members_per_pass), checked)
+    return plan_populations(configs, members)
+
+
 def main() -> int:
     """`memexp plan <overrides>`."""
     from memexp.errors import MemexpError
@@ -66,8 +80,8 @@ def main() -> int:
         else:
             planned = rundir.compose_sweep(overrides)
 
-        for job in planned.jobs:
-            check_config(job.config)
+        checked = [check_config(job.config) for job in planned.jobs]
+        populations = batched_populations(planned.config, [job.config for job in planned.jobs], checked)
     except MemexpError as error:
         print(f"memexp: error: {error}", file=sys.stderr)
         return 2
@@ -80,7 +94,14 @@ def main() -> int:
     output_root = Path(str(cfg.paths.output_root)).resolve()
     what = "memexp tune: search" if plan_tune else "memexp plan"
     table = Table(title=f"{what}: {len(jobs)} jobs, launcher {choice}, sweep dir {sweep_dir}")
-    for column in ("job", "overrides", "job key", "on this run"):
+    columns = ["job", "overrides", "job key", "on this run"]
+    population_of: dict[int, str] = {}
+    if populations is not None:
+        columns.insert(2, "population")
+        for number, population in enumerate(populations):
+            label = f"{number} ({len(population)} jobs)" if len(population) > 1 else f"{number} (alone: a single run)"
+            population_of.update({index: label for index in population})
+    for column in columns:
         table.add_column(column)
     for index, job in enumerate(jobs):
         key = rundir.job_key(job.config)
@@ -88,8 +109,14 @@ def main() -> int:
         action = "train"
         if previous is not None:
             action = f"{'reuse' if previous.status == rundir.Status.FINISHED else 'resume'} {previous.run_dir}"
-        table.add_row(str(index), " ".join(filter_overrides(job.overrides)), key, action)
+        cells = [str(index), " ".join(filter_overrides(job.overrides)), key, action]
+        if populations is not None:
+            cells.insert(2, population_of[index])
+        table.add_row(*cells)
     Console(width=200).print(table)
+    if populations is not None:
+        members = int(cfg.hydra.launcher.members)
+        print(f"{len(jobs)} jobs in {len(populations)} populations of up to {members} (hydra/launcher=batched)")
     for line in after:
         print(line)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)

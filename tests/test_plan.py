@@ -47,3 +47,34 @@ def test_plan_rejects_bad_values_like_train(tmp_path: Path) -> None:
     result = run_memexp("plan", "optimizer.lr=0.1,-1", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("optimizer.lr=-1.0 is not allowed: a number > 0")
+
+
+def test_plan_under_the_batched_launcher_names_each_jobs_population_and_its_refusals(tmp_path: Path) -> None:
+    result = run_memexp(
+        "plan",
+        "hydra/launcher=batched",
+        "hydra.launcher.members=2",
+        "seed=0,1,2",
+        "model.hidden_sizes=[32],[16]",
+        "trainer=quick",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {
+        cells[2]: cells[3]  # overrides -> population
+        for cells in (line.split("│") for line in result.stdout.splitlines())
+        if len(cells) > 4 and cells[1].strip().isdigit()
+    }
+    populations = {overrides.strip(): population.strip() for overrides, population in rows.items()}
+    assert len(populations) == 6
+    # Jobs that differ only in the seed share a population (of up to 2); other shapes never do.
+    assert populations["seed=0 model.hidden_sizes=[32] trainer=quick"] == "0 (2 jobs)"
+    assert populations["seed=1 model.hidden_sizes=[32] trainer=quick"] == "0 (2 jobs)"
+    assert populations["seed=2 model.hidden_sizes=[32] trainer=quick"] == "1 (alone: a single run)"
+    assert populations["seed=0 model.hidden_sizes=[16] trainer=quick"] == "2 (2 jobs)"
+    assert "6 jobs in 4 populations of up to 2 (hydra/launcher=batched)" in result.stdout
+    refused = run_memexp("plan", "hydra/launcher=batched", "optimizer=am_sgd", "seed=0,1", cwd=tmp_path)
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: optimizer.name='am_sgd' is not allowed: one of sgd, adamw, lion")
+    assert not (tmp_path / "outputs").exists(), "planning must not create anything"

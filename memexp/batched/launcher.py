@@ -64,6 +64,22 @@ def plan_populations(configs: Sequence[DictConfig], members: int) -> list[list[i
     return [group[i : i + members] for group in groups.values() for i in range(0, len(group), members)]
 
 
+def check_launch(members: int, members_per_pass: int, checked: Sequence[RunConfig]) -> None:
+    """What the launcher checks before it trains any job (``memexp plan`` too): its own settings and
+    every job's config (already checked by memexp.train.check_config) against what batches."""
+    require(members >= 1, "hydra.launcher.members", members, "an integer >= 1")
+    require(
+        members_per_pass >= 0,
+        "hydra.launcher.members_per_pass",
+        members_per_pass,
+        "an integer >= 1, or 0 for all members in one pass",
+    )
+    for run_cfg in checked:
+        problem = refusal(run_cfg)
+        if problem is not None:
+            raise problem
+
+
 def remove_fresh_sweep_dir(sweep_dir: Path) -> None:
     """A sweep refused at start-up leaves nothing behind: its dir (holding only Hydra's
     multirun.yaml) and the parents that become empty, up to the working directory."""
@@ -161,20 +177,9 @@ class PopulationLauncher:
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = initial_job_idx + offset
             configs.append(config)
-        checked: list[RunConfig] = []
         try:
-            require(self.members >= 1, "hydra.launcher.members", self.members, "an integer >= 1")
-            require(
-                self.members_per_pass >= 0,
-                "hydra.launcher.members_per_pass",
-                self.members_per_pass,
-                "an integer >= 1, or 0 for all members in one pass",
-            )
-            for config in configs:
-                checked.append(check_config(config))
-                problem = refusal(checked[-1])
-                if problem is not None:
-                    raise problem
+            checked = [check_config(config) for config in configs]
+            check_launch(self.members, self.members_per_pass, checked)
         except MemexpError as error:
             remove_fresh_sweep_dir(sweep_dir)
             print(f"memexp: error: {error}", file=sys.stderr)
