@@ -19,6 +19,9 @@ the basic launcher (N separate runs in one process) and with ``hydra/launcher=ba
 command from start-up to exit (Hydra composes every job's config, writes its run dir, and so on).
 
 Goals (issue 14, 2 CPU cores): MLP <= 3x (600 steps), CNN and tiny ViT <= 8x, MLP memory <= 4x.
+``--models vit_2block`` adds the ViT of ``experiment=lion_vs_adamw size=tiny`` (2 blocks, 64 wide,
+AdamW, 300 steps): on a CPU its matrix products (1,088 rows a batch) are already compute-bound as
+one run, so a population there is about as fast as separate runs.
 
     python scripts/bench_batched.py [--members 16] [--rounds 3] [--vit-steps 10] [--threads 2]
 """
@@ -45,12 +48,14 @@ from memexp.rundir import compose_sweep, job_key
 from memexp.train import build_run, check_config, train
 
 COMMON = ["logger=none", "metrics=none", "trainer.progress=off"]
+# Minutes of arithmetic per population on a CPU: measured once instead of --rounds times.
+COMPUTE_BOUND = ("vit_tiny", "vit_2block")
 
 
-def sweep_configs(model_overrides: list[str], members: int) -> list:
+def sweep_configs(model_overrides: list[str], members: int, lrs: str = "0.05,0.1") -> list:
     """The jobs of ``train -m seed=range(members/2) optimizer.lr=<two values> <model>``."""
     seeds = f"seed=range({(members + 1) // 2})"
-    sweep = compose_sweep([*COMMON, *model_overrides, seeds, "optimizer.lr=0.05,0.1"])
+    sweep = compose_sweep([*COMMON, *model_overrides, seeds, f"optimizer.lr={lrs}"])
     return [job.config for job in sweep.jobs][:members]
 
 
@@ -143,7 +148,11 @@ def main() -> None:
         help="torch threads for both (2: the issue's 2 cores; needs an otherwise idle machine, where another "
         "busy process makes two threads spin-wait, so use 1 there)",
     )
-    parser.add_argument("--models", default="mlp,cnn,vit_tiny", help="comma-separated subset to measure")
+    parser.add_argument(
+        "--models",
+        default="mlp,cnn,vit_tiny",
+        help="comma-separated subset of mlp, cnn, vit_tiny, vit_2block (experiment=lion_vs_adamw size=tiny's ViT)",
+    )
     parser.add_argument("--cli", action="store_true", help="also time the memexp train -m command, basic vs batched")
     parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -155,18 +164,33 @@ def main() -> None:
         "mlp": ["model=mlp"],  # the default run: 600 steps
         "cnn": ["model=cnn", f"trainer.max_steps={args.cnn_steps}"],
         "vit_tiny": ["model=vit_tiny", f"trainer.max_steps={args.vit_steps}", f"trainer.eval_every={args.vit_steps}"],
+        # The ViT of experiment=lion_vs_adamw size=tiny (and adamw_beta2): 2 blocks, 64 wide, AdamW,
+        # 300 steps with a cosine schedule, evaluated every 100.
+        "vit_2block": [
+            "model=vit_tiny",
+            "model.depth=2",
+            "model.embed_dim=64",
+            "model.num_heads=2",
+            "optimizer=adamw",
+            "trainer.max_steps=300",
+            "trainer.eval_every=100",
+            "trainer.lr_schedule=cosine",
+            "trainer.warmup_steps=20",
+        ],  # fmt: skip
     }
+    learning_rates = {"vit_2block": "1e-3,3e-3"}
     results: dict[str, dict[str, float | int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for name in args.models.split(","):
             overrides = models[name]
-            configs = sweep_configs(overrides, args.members)
+            lrs = learning_rates.get(name, "0.05,0.1")
+            configs = sweep_configs(overrides, args.members, lrs)
             # Untimed warm-up of both paths (lazy imports, allocator, kernels' first calls).
-            warm = sweep_configs([*overrides, "trainer.max_steps=3", "trainer.eval_every=3"], args.members)
+            warm = sweep_configs([*overrides, "trainer.max_steps=3", "trainer.eval_every=3"], args.members, lrs)
             time_single(warm[0], root), time_population(warm, root)
             single, population, steps_only = [], [], []
-            for _ in range(args.rounds if name != "vit_tiny" else 1):
+            for _ in range(args.rounds if name not in COMPUTE_BOUND else 1):
                 single.append(time_single(configs[0], root))
                 population.append(time_population(configs, root))
                 steps_only.append(time_population_steps(configs, root))
