@@ -10,7 +10,7 @@ single-run path. Per member, everything memexp.train.run_job does before trainin
 there: the job key file, reuse of a finished job with the same key, adoption of an interrupted one.
 
 Everything is checked before anything trains: a job that cannot be batched yet (another
-optimizer, geom/* metrics, data parallelism, ...) stops the sweep with one line naming the key,
+optimizer, batch norm, data parallelism, ...) stops the sweep with one line naming the key,
 exit status 2, and the fresh sweep dir is removed again.
 
 Hydra only instantiates launchers defined under ``hydra_plugins``; the class Hydra sees is the

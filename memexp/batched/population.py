@@ -39,7 +39,7 @@ from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
 from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
-from memexp.config import METRIC_NAMES, METRIC_TIERS, Precision, Resume
+from memexp.config import Precision, Resume
 from memexp.data import DATASETS, BatchIterator
 from memexp.data.base import next_batches
 from memexp.errors import ConfigValueError
@@ -57,8 +57,6 @@ from memexp.train import RunConfig, gap_metrics, resolve_device
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
 BATCHED_MODELS = ("mlp", "cnn", "vit")
-# The geom/* metrics a population computes per member (the economy tier: one probe-set gradient each).
-BATCHED_METRICS = METRIC_TIERS["economy"]
 LAUNCHER = "hydra/launcher=batched"
 
 
@@ -108,14 +106,6 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             "model.batch_norm",
             getattr(model, "batch_norm", False),
             f"false under {LAUNCHER} (batch-norm running statistics are not batched yet)",
-        ),
-        (
-            run_cfg.metrics.every == 0 or set(run_cfg.metrics.metrics()) <= set(BATCHED_METRICS),
-            "metrics.tier",
-            run_cfg.metrics.tier.value,
-            f"economy (metrics=default) or metrics=none under {LAUNCHER}, without include of "
-            f"{', '.join(name for name in METRIC_NAMES if name not in BATCHED_METRICS)} "
-            "(Hessian-vector metrics are not batched yet)",
         ),
         (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
         (
@@ -341,6 +331,7 @@ class Population:
         its weights (and those before the update) on the scratch model, its scheduled lr."""
         assert self.scratch is not None
         trainable = [(name, p) for name, p in self.scratch.named_parameters() if p.requires_grad]
+        parameters = dict(trainable)
         for index, member in enumerate(self.members):
             if not member.alive or member.geometry is None:
                 continue
@@ -351,10 +342,28 @@ class Population:
             if flat_before is not None:
                 before = self.member_params(index, flat_before)  # views of the step's one copy, never written
                 member.geometry.remember_weights([before[name] for name, _ in trainable])
-            for group in member.geometry.optimizer.param_groups:
+            optimizer = member.geometry.optimizer
+            for group in optimizer.param_groups:
                 group["lr"] = self.member_lr(index)  # as the single run's scheduler leaves it after the step
+            # The member's optimizer state, as its single run's optimizer holds it (Adam's second moment
+            # preconditions geom/sharpness_precond; its step count dates the correction).
+            optimizer.state.clear()
+            for name, state in self.member_optimizer_state(index).items():
+                optimizer.state[parameters[name]] = state
             member.last_geometry = member.geometry.compute(step)
             member.logger.log(member.last_geometry, step)  # type: ignore[union-attr]
+
+    def member_optimizer_state(self, index: int) -> dict[str, dict[str, Tensor]]:
+        """Member ``index``'s optimizer state per parameter name, in its single run's optimizer's
+        ``state[p]`` form (views of the population's buffers: read, never written). AdamW's also
+        has its ``step``, a float32 tensor as torch keeps it."""
+        rows = {
+            buffer: torch.cat([block[index] for block in blocks]).unsqueeze(0)
+            for buffer, blocks in self.optimizer.state.items()
+        }
+        per_buffer = {buffer: self.member_params(0, row) for buffer, row in rows.items()}
+        step = {"step": torch.tensor(float(self.optimizer.steps))} if self.optimizer.name == "adamw" else {}
+        return {name: {**step, **{b: per_buffer[b][name] for b in per_buffer}} for name in self.names}
 
     def member_state(self, index: int, step: int, wall_time_s: float) -> dict[str, Any]:
         member = self.members[index]
