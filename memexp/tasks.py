@@ -133,6 +133,12 @@ class Regression(Task):
         # No accuracy; the count weights each batch's mean loss (the MSE averages over all entries).
         return torch.zeros((), device=output.device), target.numel()
 
+    def member_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        return (output.float() - target.float()).square().flatten(1).mean(dim=1)
+
+    def member_correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
+        return torch.zeros(output.shape[0], device=output.device), target[0].numel()
+
     def summarize(self, loss: float, accuracy: float) -> dict[str, float]:
         return {"loss": loss}
 

@@ -62,6 +62,8 @@ MODELS = {
     "cnn": ["model=cnn", "trainer.lr_schedule=cosine", "trainer.warmup_steps=10", "trainer.grad_clip=1.0"],
     # A narrow ViT (its own population forward: batched attention, patch embedding as a product).
     "vit": ["model=vit", "model.embed_dim=24", "model.depth=2", "model.num_heads=2"],
+    # experiment=rmed_deep_linear's model and data: a regression task (MSE, no accuracy).
+    "deep_linear": ["model=deep_linear", "data=synthetic_regression"],
 }
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from memexp.tasks import MAX_EVAL_LOGITS, Classification, LanguageModelling, evaluate
+from memexp.tasks import MAX_EVAL_LOGITS, Classification, LanguageModelling, Regression, evaluate
 
 
 def test_lm_eval_batches_are_capped_by_logit_count() -> None:
@@ -59,3 +59,22 @@ def test_regression_is_the_mean_squared_error_with_no_accuracy() -> None:
     result = evaluate(Fixed(), task, torch.arange(3), target, batch_size=2)
     assert result == pytest.approx({"loss": 7 / 6})
     assert task.gap({"loss": 0.5}, {"loss": 0.75}) == {"loss": 0.25}
+
+
+@pytest.mark.parametrize(
+    "task, output, target",
+    [
+        (Classification(), torch.randn(3, 7, 10), torch.randint(0, 10, (3, 7))),
+        (Classification(), torch.randn(3, 7, 20), torch.randint(0, 20, (3, 7))),  # classes on the last dim
+        (LanguageModelling(), torch.randn(3, 2, 5, 11), torch.randint(0, 11, (3, 2, 5))),
+        (Regression(), torch.randn(3, 7, 4), torch.randn(3, 7, 4)),
+    ],
+)
+def test_member_losses_and_counts_are_each_models_own(task, output: torch.Tensor, target: torch.Tensor) -> None:
+    """The batched launcher's one-pass losses and correct counts of M models equal each model's own."""
+    torch.testing.assert_close(
+        task.member_loss(output, target), torch.stack([task.loss(o, t) for o, t in zip(output, target)])
+    )
+    counts, total = task.member_correct(output, target)
+    own = [task.correct(o, t) for o, t in zip(output, target)]
+    assert counts.tolist() == [float(c) for c, _ in own] and total == own[0][1]

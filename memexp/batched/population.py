@@ -56,7 +56,7 @@ from memexp.train import RunConfig, gap_metrics, resolve_device
 
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
-BATCHED_MODELS = ("mlp", "cnn", "vit")
+BATCHED_MODELS = ("mlp", "cnn", "vit", "deep_linear")
 LAUNCHER = "hydra/launcher=batched"
 
 

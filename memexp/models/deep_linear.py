@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import require
+from memexp.models.population import ChainPopulationForward
 from memexp.models.registry import MODELS, ModelConfig
 
 
@@ -27,7 +28,7 @@ class DeepLinearConfig(ModelConfig):
         require(self.init_scale > 0, "init_scale", self.init_scale, "a number > 0")
 
 
-class DeepLinear(nn.Module):
+class DeepLinear(ChainPopulationForward, nn.Module):
     def __init__(self, in_features: int, out_features: int, depth: int, width: int, init_scale: float) -> None:
         super().__init__()
         sizes = [in_features] + [width] * (depth - 1) + [out_features]

@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from memexp.models.cnn import CNN
+from memexp.models.deep_linear import DeepLinear
 from memexp.models.mlp import MLP
 from memexp.models.population import chain_layers, chain_population_forward
 from memexp.models.vit import VisionTransformer
@@ -18,6 +19,7 @@ CASES = {
     "mlp_gelu": (lambda: MLP(12, [8], 3, "gelu", 0.0), (12,)),
     "cnn_digits": (lambda: CNN(1, 8, [8, 16], 10, False, 0.0), (1, 8, 8)),
     "cnn_rgb": (lambda: CNN(3, 16, [4, 8, 8], 5, False, 0.0), (3, 16, 16)),
+    "deep_linear": (lambda: DeepLinear(12, 3, 3, 8, 1.0), (12,)),
     "vit_cls": (lambda: VisionTransformer(1, 8, 2, 10, 12, 2, 3), (1, 8, 8)),
     "vit_mean_rgb_no_qkv_bias": (lambda: VisionTransformer(3, 8, 4, 5, 8, 1, 2, 2.0, "mean", False), (3, 8, 8)),
 }
