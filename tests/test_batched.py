@@ -64,6 +64,8 @@ MODELS = {
     "vit": ["model=vit", "model.embed_dim=24", "model.depth=2", "model.num_heads=2"],
     # experiment=rmed_deep_linear's model and data: a regression task (MSE, no accuracy).
     "deep_linear": ["model=deep_linear", "data=synthetic_regression"],
+    # A language model with tied weights: the offline text in 32-token blocks.
+    "gpt": ["model=gpt_nano", "model.n_layer=2", "data=stdlib_text", "data.block_size=32", "data.eval_blocks=16"],
 }
 
 
@@ -187,6 +189,26 @@ def test_each_member_logs_its_single_runs_hessian_metrics(optimizer: str, compos
     print(f"{optimizer}: {count} geom/* values, worst relative error {worst:.1e}")
     expected = {"sharpness", "hessian_trace", "r_med", "correction_ratio"}
     assert expected | ({"sharpness_precond"} if optimizer == "adamw" else set()) <= compared
+
+
+def test_a_members_checkpoint_of_a_tied_gpt_is_its_single_runs_state_dict(compose: Compose, tmp_path: Path) -> None:
+    """Tied weights are stacked once, but a member's checkpoint lists every name (strict
+    load_state_dict into the single run's model), and a population restores from it."""
+    overrides = ["optimizer=adamw", *MODELS["gpt"], *TRAINER[1:], "trainer.max_steps=3"]
+    configs = [compose([*overrides, f"seed={seed}"]) for seed in range(2)]
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    assert population.tied == {"lm_head.weight": "wte.weight"}
+    population.train()
+    states = population.latest_common_checkpoint()
+    assert states is not None and states[0]["step"] == 3
+    for index, (cfg, state) in enumerate(zip(configs, states)):
+        model = build_run(check_config(cfg)).model
+        model.load_state_dict(state["model"])  # strict: every name of the single run's state_dict
+        assert model.lm_head.weight is model.wte.weight
+        torch.testing.assert_close(model.wte.weight, population.member_params(index)["wte.weight"], rtol=0, atol=0)
+    fresh = Population([make_member(cfg, tmp_path / f"fresh{i}") for i, cfg in enumerate(configs)])
+    assert fresh.restore(states) == 3
+    torch.testing.assert_close(fresh.flat, population.flat, rtol=0, atol=0)
 
 
 def test_a_diverging_member_stops_and_the_others_go_on(compose: Compose, tmp_path: Path) -> None:

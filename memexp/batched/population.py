@@ -56,7 +56,7 @@ from memexp.train import RunConfig, gap_metrics, resolve_device
 
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
-BATCHED_MODELS = ("mlp", "cnn", "vit", "deep_linear")
+BATCHED_MODELS = ("mlp", "cnn", "vit", "deep_linear", "gpt")
 LAUNCHER = "hydra/launcher=batched"
 
 
@@ -238,6 +238,14 @@ class Population:
         self.gradient = torch.empty_like(self.flat)
         self.pass_gradients = [list(self.stacked_params(self.gradient[rows]).values()) for rows in self.passes]
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
+        # Tied weights (the GPT's embedding and head) are stacked once, under the first name; a checkpoint
+        # lists every name, as the single run's state_dict does.
+        canonical = {id(p): name for name, p in models[0].named_parameters()}
+        self.tied = {
+            name: canonical[id(p)]
+            for name, p in models[0].named_parameters(remove_duplicate=False)
+            if canonical[id(p)] != name
+        }
         self.base = models[0].to("meta")  # the module structure only; its population_forward takes the stacked weights
         del models, stacked
         self.optimizer = BatchedOptimizer(
@@ -365,12 +373,18 @@ class Population:
         step = {"step": torch.tensor(float(self.optimizer.steps))} if self.optimizer.name == "adamw" else {}
         return {name: {**step, **{b: per_buffer[b][name] for b in per_buffer}} for name in self.names}
 
+    def member_state_dict(self, index: int) -> dict[str, Tensor]:
+        """Member ``index``'s weights as its single run's ``model.state_dict()`` (tied names share one
+        tensor, as there)."""
+        weights = {name: p.detach().clone() for name, p in self.member_params(index).items()}
+        return {**weights, **{alias: weights[name] for alias, name in self.tied.items()}}
+
     def member_state(self, index: int, step: int, wall_time_s: float) -> dict[str, Any]:
         member = self.members[index]
         return {
             "step": step,
             "wall_time_s": wall_time_s,
-            "model": {name: p.detach().clone() for name, p in self.member_params(index).items()},
+            "model": self.member_state_dict(index),
             OPTIMIZER_STATE_KEY: self.optimizer.member_state(index),
             "scheduler": self.scheduler.state_dict(),
             "data": member.batches.state_dict(),  # type: ignore[union-attr]
@@ -383,8 +397,8 @@ class Population:
         with torch.no_grad():
             for index, (member, state) in enumerate(zip(self.members, states)):
                 params = self.member_params(index)
-                for name, tensor in state["model"].items():
-                    params[name].copy_(tensor)
+                for name, param in params.items():
+                    param.copy_(state["model"][name])
                 self.optimizer.load_member_state(index, state[OPTIMIZER_STATE_KEY])
                 member.batches.load_state_dict(state["data"])  # type: ignore[union-attr]
                 member.alive = bool(state.get("alive", True))

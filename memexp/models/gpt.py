@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from memexp.data.base import DataSpec
 from memexp.errors import ConfigValueError, require
+from memexp.models.population import member_layer_norm, member_linear
 from memexp.models.registry import MODELS, ModelConfig
 
 
@@ -72,6 +73,16 @@ class CausalSelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self.resid_dropout(self.c_proj(out.transpose(1, 2).reshape(batch, time, channels)))
 
+    def population_forward(self, params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+        """:meth:`forward` of M members at once: ``x`` ``[M, B, T, C]``; attention on the M·B sequences."""
+        members, batch, time, channels = x.shape
+        q, k, v = member_linear(params, f"{prefix}c_attn", x).split(channels, dim=3)
+        heads = self.n_head
+        q, k, v = (t.reshape(members * batch, time, heads, channels // heads).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+        out = out.transpose(1, 2).reshape(members, batch, time, channels)
+        return self.resid_dropout(member_linear(params, f"{prefix}c_proj", out))
+
 
 class MLP(nn.Module):
     def __init__(self, n_embd: int, dropout: float, bias: bool):
@@ -83,6 +94,10 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+    def population_forward(self, params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+        hidden = self.gelu(member_linear(params, f"{prefix}c_fc", x))
+        return self.dropout(member_linear(params, f"{prefix}c_proj", hidden))
 
 
 class Block(nn.Module):
@@ -96,6 +111,14 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
         return x + self.mlp(self.ln_2(x))
+
+    def population_forward(self, params: dict[str, Tensor], prefix: str, x: Tensor) -> Tensor:
+        x = x + self.attn.population_forward(
+            params, f"{prefix}attn.", member_layer_norm(params, f"{prefix}ln_1", self.ln_1, x)
+        )
+        return x + self.mlp.population_forward(
+            params, f"{prefix}mlp.", member_layer_norm(params, f"{prefix}ln_2", self.ln_2, x)
+        )
 
 
 class GPT(nn.Module):
@@ -143,6 +166,31 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.lm_head(self.ln_f(x))
+
+    def population_forward(self, params: dict[str, Tensor], idx: Tensor, shared_input: bool = False) -> Tensor:
+        """Every member's logits ``[M, B, T, vocab]`` from the members' stacked parameters (``[M, ...]``
+        per name; tied weights once, under ``wte.weight``) on their own token blocks ``idx``
+        ``[M, B, T]`` (or, with ``shared_input``, one ``[B, T]`` for all): the batched launcher's
+        forward (memexp/batched/population.py). Each Linear is one batched product over the members,
+        attention runs on the M·B sequences, and each member looks its tokens up in its own rows of
+        the stacked embedding table. Equal to each member's :meth:`forward` to float rounding
+        (tests/models/test_population.py)."""
+        table = params["wte.weight"]
+        members, vocab = table.shape[0], table.shape[1]
+        if shared_input:
+            idx = idx.expand(members, *idx.shape)
+        time = idx.shape[-1]
+        if time > self.block_size:
+            raise ValueError(f"sequence length {time} exceeds the model's block_size {self.block_size}")
+        # Member m's token t is row m·vocab + t of the flattened [M·vocab, C] table.
+        offsets = torch.arange(members, device=idx.device).mul_(vocab).view(members, 1, 1)
+        x = F.embedding(idx + offsets, table.flatten(0, 1))
+        x = self.drop(x + params["wpe.weight"][:, :time].unsqueeze(1))
+        for index, block in enumerate(self.blocks):
+            x = block.population_forward(params, f"blocks.{index}.", x)
+        x = member_layer_norm(params, "ln_f", self.ln_f, x)
+        head = params.get("lm_head.weight", table)  # tied: the embedding table
+        return member_linear({"lm_head.weight": head}, "lm_head", x)
 
 
 @MODELS.register("gpt", config=GPTConfig)

@@ -9,6 +9,7 @@ from torch.func import functional_call, stack_module_state
 
 from memexp.models.cnn import CNN
 from memexp.models.deep_linear import DeepLinear
+from memexp.models.gpt import GPT
 from memexp.models.mlp import MLP
 from memexp.models.population import chain_layers, chain_population_forward
 from memexp.models.vit import VisionTransformer
@@ -90,6 +91,7 @@ DROPOUT_CASES = {
     "mlp": (lambda: MLP(16, [256], 2, "relu", 0.5), (16,)),
     "vit_dropout": (lambda: VisionTransformer(1, 4, 2, 2, 8, 1, 2, dropout=0.5), (1, 4, 4)),
     "vit_attention_dropout": (lambda: VisionTransformer(1, 4, 2, 2, 8, 1, 2, attention_dropout=0.5), (1, 4, 4)),
+    "gpt_dropout": (lambda: GPT(11, 4, 1, 2, 8, dropout=0.5), (4,)),
 }
 
 
@@ -98,10 +100,11 @@ def test_dropout_draws_a_mask_per_member(case: str) -> None:
     make, shape = DROPOUT_CASES[case]
     base, params = stacked(make)
     same = {name: p[:1].expand(MEMBERS, *p.shape[1:]) for name, p in params.items()}  # one member, 4 times
-    out = base.population_forward(same, torch.randn(10, *shape, dtype=torch.float64), shared_input=True)
+    x = torch.randint(0, 11, (10, *shape)) if isinstance(base, GPT) else torch.randn(10, *shape, dtype=torch.float64)
+    out = base.population_forward(same, x, shared_input=True)
     assert not torch.equal(out[0], out[1])
     base.eval()
-    out = base.population_forward(same, torch.randn(10, *shape, dtype=torch.float64), shared_input=True)
+    out = base.population_forward(same, x, shared_input=True)
     torch.testing.assert_close(out[0], out[1], rtol=1e-13, atol=1e-13)
 
 
@@ -138,3 +141,27 @@ def test_a_convolution_padding_other_than_zeros_is_refused() -> None:
     params, _ = stack_module_state([chain, chain])
     with pytest.raises(TypeError, match="padding_mode='reflect'"):
         chain_population_forward(chain_layers(chain), params, torch.randn(2, 1, 1, 3, 3))
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_a_gpt_population_equals_each_members_own_forward(tie_weights: bool) -> None:
+    """Token blocks instead of images: each member looks its tokens up in its own embedding rows;
+    tied weights are stacked once (under wte.weight) and serve as the head too."""
+    base, params = stacked(lambda: GPT(11, 8, 2, 2, 8, tie_weights=tie_weights))
+    assert ("lm_head.weight" in params) is not tie_weights
+    idx = torch.randint(0, 11, (MEMBERS, 3, 6))
+    output = base.population_forward(params, idx)
+    expected = each_member(base, params, idx, shared=False)
+    torch.testing.assert_close(output, expected, rtol=1e-12, atol=1e-12)
+    target = torch.randn_like(output)
+    got = torch.autograd.grad((output * target).sum(), list(params.values()))
+    want = torch.autograd.grad((expected * target).sum(), list(params.values()))
+    for name, a, b in zip(params, got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+    shared = torch.randint(0, 11, (5, 8))
+    torch.testing.assert_close(
+        base.population_forward(params, shared, shared_input=True),
+        each_member(base, params, shared, shared=True),
+        rtol=1e-12,
+        atol=1e-12,
+    )
