@@ -15,14 +15,17 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.utils import filter_overrides
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from memexp import rundir, sweep
+
+if TYPE_CHECKING:
+    from memexp.train import RunConfig
 
 
 def submission_script(launcher: dict[str, Any], choice: str, num_jobs: int) -> str:
@@ -48,7 +51,7 @@ def submission_script(launcher: dict[str, Any], choice: str, num_jobs: int) -> s
         inner.parameters.pop("map_count", None)
 
 
-def batched_populations(cfg: Any, configs: list[Any], checked: list[Any]) -> list[list[int]] | None:
+def batched_populations(cfg: DictConfig, configs: list[DictConfig], checked: list[RunConfig]) -> list[list[int]] | None:
     """Under ``hydra/launcher=batched``: the populations its launcher would form (job indices), after
     the checks it makes before training any job (raises its MemexpError); else None."""
     if cfg.hydra.runtime.choices.get("hydra/launcher") != "batched":
@@ -115,8 +118,10 @@ def main() -> int:
         table.add_row(*cells)
     Console(width=200).print(table)
     if populations is not None:
-        members = int(cfg.hydra.launcher.members)
-        print(f"{len(jobs)} jobs in {len(populations)} populations of up to {members} (hydra/launcher=batched)")
+        print(
+            f"{len(jobs)} jobs in {len(populations)} populations of up to {cfg.hydra.launcher.members} "
+            "(hydra/launcher=batched)"
+        )
     for line in after:
         print(line)
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)

@@ -363,15 +363,13 @@ class Population:
 
     def member_optimizer_state(self, index: int) -> dict[str, dict[str, Tensor]]:
         """Member ``index``'s optimizer state per parameter name, in its single run's optimizer's
-        ``state[p]`` form (views of the population's buffers: read, never written). AdamW's also
-        has its ``step``, a float32 tensor as torch keeps it."""
-        rows = {
-            buffer: torch.cat([block[index] for block in blocks]).unsqueeze(0)
-            for buffer, blocks in self.optimizer.state.items()
-        }
-        per_buffer = {buffer: self.member_params(0, row) for buffer, row in rows.items()}
+        ``state[p]`` form (a copy of the member's row of each buffer, made at metrics steps only: the
+        buffers stay contiguous column blocks, which the optimizer's step runs faster on). AdamW's
+        also has its ``step``, a float32 tensor as torch keeps it."""
+        rows = {b: torch.cat([block[index] for block in blocks]) for b, blocks in self.optimizer.state.items()}
+        buffers = {b: self.member_params(0, row.unsqueeze(0)) for b, row in rows.items()}  # the row as a 1-member flat
         step = {"step": torch.tensor(float(self.optimizer.steps))} if self.optimizer.name == "adamw" else {}
-        return {name: {**step, **{b: per_buffer[b][name] for b in per_buffer}} for name in self.names}
+        return {name: {**step, **{b: views[name] for b, views in buffers.items()}} for name in self.names}
 
     def member_state_dict(self, index: int) -> dict[str, Tensor]:
         """Member ``index``'s weights as its single run's ``model.state_dict()`` (tied names share one
@@ -533,7 +531,7 @@ class Population:
         lr = self.base_lr * self.lr_factor()
         frozen = [i for i, m in enumerate(self.members) if not m.alive]
         self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
-        return losses[0] if len(losses) == 1 else torch.cat(losses)
+        return torch.cat(losses)
 
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch
