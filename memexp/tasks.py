@@ -40,6 +40,16 @@ class Task:
         default loops over the models; tasks override it with one pass."""
         return torch.stack([self.loss(out, t) for out, t in zip(output, target)])
 
+    def member_loss_and_gradient(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`member_loss` ``[M]`` and the gradient of their sum with respect to ``output`` (a
+        population whose backward is written out: memexp.models.population.linear_chain_gradients).
+        This default asks autograd; tasks override it with the closed form."""
+        with torch.enable_grad():
+            leaf = output.detach().requires_grad_(True)
+            losses = self.member_loss(leaf, target)
+            (grad,) = torch.autograd.grad(losses.sum(), leaf)
+        return losses.detach(), grad
+
     def member_correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
         """``correct`` of each of M models at once, stacked as in :meth:`member_loss`: the counts
         ``[M]`` and the number of predictions per model."""
@@ -70,6 +80,22 @@ def member_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
     return losses.view(output.shape[0], -1).mean(dim=1)
 
 
+def member_cross_entropy_and_gradient(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`member_cross_entropy` and the gradient of its sum over the members with respect to
+    ``output``: (softmax − one-hot) / predictions per member, the classes on dim 1 when they are
+    few (as there)."""
+    short = output.shape[-1] < SHORT_CLASS_DIM
+    dim = 1 if short else -1
+    log_probabilities = torch.log_softmax(output.float().movedim(-1, 1) if short else output.float(), dim)
+    index = target.unsqueeze(dim)
+    picked = log_probabilities.gather(dim, index).squeeze(dim)  # log p(target) of every prediction
+    losses = picked.flatten(1).mean(dim=1).neg()
+    grad = log_probabilities.exp_()
+    grad.scatter_add_(dim, index, torch.full(index.shape, -1.0, dtype=grad.dtype, device=grad.device))
+    grad.div_(picked[0].numel())
+    return losses, (grad.movedim(1, -1) if short else grad).to(output.dtype)
+
+
 def member_argmax_correct(output: Tensor, target: Tensor) -> tuple[Tensor, int]:
     """Task.member_correct of the cross-entropy tasks: the top class is the prediction, the first
     one on ties (as argmax). Over a short class dim, ``max(dim=1)`` of the classes on dim 1:
@@ -91,6 +117,9 @@ class Classification(Task):
     def member_loss(self, output: Tensor, target: Tensor) -> Tensor:
         return member_cross_entropy(output, target)
 
+    def member_loss_and_gradient(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return member_cross_entropy_and_gradient(output, target)
+
     def member_correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
         return member_argmax_correct(output, target)
 
@@ -108,6 +137,9 @@ class LanguageModelling(Task):
 
     def member_loss(self, output: Tensor, target: Tensor) -> Tensor:
         return member_cross_entropy(output, target)
+
+    def member_loss_and_gradient(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        return member_cross_entropy_and_gradient(output, target)
 
     def member_correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
         return member_argmax_correct(output, target)
@@ -135,6 +167,11 @@ class Regression(Task):
 
     def member_loss(self, output: Tensor, target: Tensor) -> Tensor:
         return (output.float() - target.float()).square().flatten(1).mean(dim=1)
+
+    def member_loss_and_gradient(self, output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        error = output.float() - target.float()
+        losses = error.square().flatten(1).mean(dim=1)
+        return losses, error.mul_(2.0 / error[0].numel()).to(output.dtype)
 
     def member_correct(self, output: Tensor, target: Tensor) -> tuple[Tensor, int]:
         return torch.zeros(output.shape[0], device=output.device), target[0].numel()

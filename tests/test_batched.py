@@ -23,6 +23,7 @@ from memexp.batched.population import Member, Population, member_eval_batch, pas
 from memexp.config import Progress
 from memexp.logging import LocalLogger, read_metrics
 from memexp.logging.progress import ProgressReporter
+from memexp.models.population import linear_chain_gradients
 from memexp.train import build_run, check_config, train
 from tests.conftest import memexp_env, run_memexp
 
@@ -247,15 +248,31 @@ def test_member_gradients_equal_single_run_gradients(model: str, compose: Compos
     flat = population.flat.clone().requires_grad_(True)
     losses = population.task.member_loss(population.forward(population.stacked_params(flat), x), y)
     (gradient,) = torch.autograd.grad(losses.sum(), flat)
+    paths = {"autograd": (losses, gradient)}
+    # The MLP and the deep linear network train with their backward written out (no autograd).
+    assert (population.linear_chain is not None) == (model in ("mlp", "deep_linear"))
+    if population.linear_chain is not None:
+        written = torch.zeros_like(population.flat)
+        loss_and_gradient = population.task.member_loss_and_gradient
+        chain_losses = linear_chain_gradients(
+            population.stacked_params(population.flat),
+            population.linear_chain,
+            x,
+            y,
+            loss_and_gradient,
+            population.stacked_params(written),
+        )
+        paths["written out"] = (chain_losses, written)
     for index, run in enumerate(trained):
         run.model.zero_grad()
         loss = run.task.loss(run.model(x[index]), y[index])
         loss.backward()
-        assert losses[index].item() == pytest.approx(loss.item(), rel=1e-6)
         params = dict(run.model.named_parameters())
         expected = torch.cat([params[name].grad.flatten() for name in population.names])
-        error = (gradient[index] - expected).norm() / expected.norm()
-        assert error < 1e-5, (model, index, error.item())
+        for path, (path_losses, path_gradient) in paths.items():
+            assert path_losses[index].item() == pytest.approx(loss.item(), rel=1e-6), path
+            error = (path_gradient[index] - expected).norm() / expected.norm()
+            assert error < 1e-5, (model, path, index, error.item())
 
 
 def test_passes_of_a_few_members_train_as_one_pass_does(compose: Compose, tmp_path: Path) -> None:

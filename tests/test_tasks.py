@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from memexp.tasks import MAX_EVAL_LOGITS, Classification, LanguageModelling, Regression, evaluate
+from memexp.tasks import MAX_EVAL_LOGITS, Classification, LanguageModelling, Regression, Task, evaluate
 
 
 def test_lm_eval_batches_are_capped_by_logit_count() -> None:
@@ -61,15 +61,16 @@ def test_regression_is_the_mean_squared_error_with_no_accuracy() -> None:
     assert task.gap({"loss": 0.5}, {"loss": 0.75}) == {"loss": 0.25}
 
 
-@pytest.mark.parametrize(
-    "task, output, target",
-    [
-        (Classification(), torch.randn(3, 7, 10), torch.randint(0, 10, (3, 7))),
-        (Classification(), torch.randn(3, 7, 20), torch.randint(0, 20, (3, 7))),  # classes on the last dim
-        (LanguageModelling(), torch.randn(3, 2, 5, 11), torch.randint(0, 11, (3, 2, 5))),
-        (Regression(), torch.randn(3, 7, 4), torch.randn(3, 7, 4)),
-    ],
-)
+MEMBER_CASES = [
+    (Classification(), torch.randn(3, 7, 10), torch.randint(0, 10, (3, 7))),
+    (Classification(), torch.randn(3, 7, 20), torch.randint(0, 20, (3, 7))),  # classes on the last dim
+    (LanguageModelling(), torch.randn(3, 2, 5, 11), torch.randint(0, 11, (3, 2, 5))),
+    (LanguageModelling(), torch.randn(3, 2, 5, 40), torch.randint(0, 40, (3, 2, 5))),
+    (Regression(), torch.randn(3, 7, 4), torch.randn(3, 7, 4)),
+]
+
+
+@pytest.mark.parametrize("task, output, target", MEMBER_CASES)
 def test_member_losses_and_counts_are_each_models_own(task, output: torch.Tensor, target: torch.Tensor) -> None:
     """The batched launcher's one-pass losses and correct counts of M models equal each model's own."""
     torch.testing.assert_close(
@@ -78,3 +79,16 @@ def test_member_losses_and_counts_are_each_models_own(task, output: torch.Tensor
     counts, total = task.member_correct(output, target)
     own = [task.correct(o, t) for o, t in zip(output, target)]
     assert counts.tolist() == [float(c) for c, _ in own] and total == own[0][1]
+
+
+@pytest.mark.parametrize("task, output, target", MEMBER_CASES)
+def test_the_written_out_loss_gradient_is_autograds(task, output: torch.Tensor, target: torch.Tensor) -> None:
+    """Each task's closed-form member_loss_and_gradient (the batched launcher's written-out backward)
+    against autograd through its member_loss: the losses and the gradient of their sum (both in
+    float32, as the tasks compute losses)."""
+    losses, grad = task.member_loss_and_gradient(output, target)
+    assert type(task).member_loss_and_gradient is not Task.member_loss_and_gradient  # the closed form
+    want_losses, want_grad = Task.member_loss_and_gradient(task, output, target)  # autograd
+    torch.testing.assert_close(losses, want_losses, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-8)
+    assert grad.shape == output.shape

@@ -47,6 +47,7 @@ from memexp.logging import LocalLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
 from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
+from memexp.models.population import ChainPopulationForward, linear_chain_gradients
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
@@ -236,8 +237,9 @@ class Population:
             for rows in self.passes
         ]
         self.gradient = torch.empty_like(self.flat)
-        self.pass_gradients = [list(self.stacked_params(self.gradient[rows]).values()) for rows in self.passes]
+        self.pass_gradients = [self.stacked_params(self.gradient[rows]) for rows in self.passes]
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
+        self.gradient_blocks = self.blocks(self.gradient)
         # Tied weights (the GPT's embedding and head) are stacked once, under the first name; a checkpoint
         # lists every name, as the single run's state_dict does.
         canonical = {id(p): name for name, p in models[0].named_parameters()}
@@ -277,6 +279,12 @@ class Population:
 
         # Every model of BATCHED_MODELS computes its members' outputs from their stacked parameters.
         self.forward: Callable[..., Tensor] = self.base.population_forward  # type: ignore[assignment]
+        # A model that is one linear chain on its input (the MLP without dropout, the deep linear
+        # network) is trained with its backward written out, without autograd (linear_chain_gradients).
+        self.linear_chain = (
+            self.base.population_linear_chain() if isinstance(self.base, ChainPopulationForward) else None
+        )
+        self._lr: tuple[float, Tensor] | None = None  # (schedule factor, each member's lr), see step_lr
         # Every member on one input (an evaluation batch): [B, ...] -> [M, B, ...].
         self.forward_shared = partial(self.forward, shared_input=True)
 
@@ -286,6 +294,13 @@ class Population:
 
     def lr_factor(self) -> float:
         return float(self._unit.param_groups[0]["lr"])
+
+    def step_lr(self) -> Tensor:
+        """Each member's lr this step, [M] (float64): made again only when the schedule moves it."""
+        factor = self.lr_factor()
+        if self._lr is None or self._lr[0] != factor:
+            self._lr = (factor, self.base_lr * factor)
+        return self._lr[1]
 
     def member_lr(self, index: int) -> float:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
@@ -520,17 +535,22 @@ class Population:
         x, y = next_batches([m.batches for m in self.members])  # type: ignore[misc]
         losses = []
         for rows, params, gradients in zip(self.passes, self.pass_params, self.pass_gradients):
-            pass_losses = self.task.member_loss(self.forward(params, x[rows]), y[rows])
             # The members are independent: the gradient of their summed losses is each one's own.
-            for gradient, grad in zip(gradients, torch.autograd.grad(pass_losses.sum(), list(params.values()))):
+            if self.linear_chain is not None:
+                loss_and_gradient = self.task.member_loss_and_gradient
+                chain = self.linear_chain
+                losses.append(linear_chain_gradients(params, chain, x[rows], y[rows], loss_and_gradient, gradients))
+                continue
+            pass_losses = self.task.member_loss(self.forward(params, x[rows]), y[rows])
+            grads = torch.autograd.grad(pass_losses.sum(), list(params.values()))
+            for gradient, grad in zip(gradients.values(), grads):
                 gradient.copy_(grad)
             losses.append(pass_losses.detach())
-        grads = self.blocks(self.gradient)
         if self.trainer.grad_clip > 0:
-            clip_grad_norms_(grads, self.trainer.grad_clip)
-        lr = self.base_lr * self.lr_factor()
+            clip_grad_norms_(self.gradient_blocks, self.trainer.grad_clip)
         frozen = [i for i, m in enumerate(self.members) if not m.alive]
-        self.optimizer.step(grads, lr, torch.tensor(frozen, dtype=torch.long) if frozen else None)
+        frozen_rows = torch.tensor(frozen, dtype=torch.long) if frozen else None
+        self.optimizer.step(self.gradient_blocks, self.step_lr(), frozen_rows)
         return torch.cat(losses)
 
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:

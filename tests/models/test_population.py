@@ -11,13 +11,15 @@ from memexp.models.cnn import CNN
 from memexp.models.deep_linear import DeepLinear
 from memexp.models.gpt import GPT
 from memexp.models.mlp import MLP
-from memexp.models.population import chain_layers, chain_population_forward
+from memexp.models.population import ChainLink, _activation, chain_layers, chain_population_forward, linear_chain
 from memexp.models.vit import VisionTransformer
 
 MEMBERS = 4
 CASES = {
     "mlp_relu": (lambda: MLP(64, [32, 16], 10, "relu", 0.0), (1, 8, 8)),
     "mlp_gelu": (lambda: MLP(12, [8], 3, "gelu", 0.0), (12,)),
+    "mlp_tanh": (lambda: MLP(12, [8, 8], 3, "tanh", 0.0), (12,)),
+    "mlp_silu": (lambda: MLP(12, [8, 8], 3, "silu", 0.0), (12,)),
     "cnn_digits": (lambda: CNN(1, 8, [8, 16], 10, False, 0.0), (1, 8, 8)),
     "cnn_rgb": (lambda: CNN(3, 16, [4, 8, 8], 5, False, 0.0), (3, 16, 16)),
     "deep_linear": (lambda: DeepLinear(12, 3, 3, 8, 1.0), (12,)),
@@ -165,3 +167,29 @@ def test_a_gpt_population_equals_each_members_own_forward(tie_weights: bool) -> 
         rtol=1e-12,
         atol=1e-12,
     )
+
+
+@pytest.mark.parametrize(
+    "activations",
+    [(nn.ReLU(), nn.ReLU(), None), (nn.Tanh(), nn.GELU("tanh"), None), (nn.GELU(), nn.SiLU(), nn.Tanh()), (None,)],
+    ids=["relu", "tanh_gelu_tanh", "gelu_silu_ending_in_tanh", "one_linear"],
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_linear_chains_written_out_backward_passes_gradcheck(activations: tuple, bias: bool) -> None:
+    """The linear chain's hand-written backward against finite differences (float64), for the
+    input and every weight and bias, each activation also at the chain's end."""
+    torch.manual_seed(0)
+    sizes = [5, 4, 6, 3][: len(activations) + 1]
+    run = [ChainLink(f"l{k}", None if a is None else _activation(a)) for k, a in enumerate(activations)]
+    params = {}
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params[f"l{k}.weight"] = torch.randn(2, fan_out, fan_in, dtype=torch.float64, requires_grad=True)
+        if bias:
+            params[f"l{k}.bias"] = torch.randn(2, fan_out, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, sizes[0], 7, dtype=torch.float64, requires_grad=True)
+    names = list(params)
+
+    def chain(h: torch.Tensor, *tensors: torch.Tensor) -> torch.Tensor:
+        return linear_chain(dict(zip(names, tensors)), run, h)
+
+    assert torch.autograd.gradcheck(chain, (h, *params.values()))
