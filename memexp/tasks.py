@@ -91,7 +91,7 @@ def member_cross_entropy_and_gradient(output: Tensor, target: Tensor) -> tuple[T
     picked = log_probabilities.gather(dim, index).squeeze(dim)  # log p(target) of every prediction
     losses = picked.flatten(1).mean(dim=1).neg()
     grad = log_probabilities.exp_()
-    grad.scatter_add_(dim, index, torch.full(index.shape, -1.0, dtype=grad.dtype, device=grad.device))
+    grad.scatter_(dim, index, -1.0, reduce="add")
     grad.div_(picked[0].numel())
     return losses, (grad.movedim(1, -1) if short else grad).to(output.dtype)
 

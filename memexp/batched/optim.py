@@ -106,28 +106,32 @@ def lion_k_step(
         momentum.lerp_(grad, h["one_minus_beta2"])
 
 
-def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
-    """This step's per-member scalars in float64 ([M]): what the single-run optimizer computes in
-    Python floats from its hyperparameters, the scheduled lr and the step count."""
+def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The per-member scalars (float64, [M]) that neither the scheduled lr nor the step count moves."""
     if name == "sgd":
-        scalars = {"weight_decay": hyper["weight_decay"], "momentum": hyper["momentum"], "neg_lr": -lr}
+        scalars = {"weight_decay": hyper["weight_decay"], "momentum": hyper["momentum"]}
         if bool((hyper["dampening"] != 0).any()):
             scalars["one_minus_dampening"] = 1 - hyper["dampening"]
         return scalars
-    scalars = {
-        "decay_factor": 1 - lr * hyper["weight_decay"],
-        "one_minus_beta1": 1 - hyper["beta1"],
-        "one_minus_beta2": 1 - hyper["beta2"],
-    }
-    if name == "lion":
-        return {**scalars, "neg_lr": -lr}
+    scalars = {"one_minus_beta1": 1 - hyper["beta1"], "one_minus_beta2": 1 - hyper["beta2"]}
     if name == "lion_k":
-        return {**scalars, "neg_lr": -lr, "delta": hyper["delta"]}
+        scalars["delta"] = hyper["delta"]
+    if name == "adamw":
+        scalars.update(beta2=hyper["beta2"], eps=hyper["eps"])
+    return scalars
+
+
+def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
+    """This step's per-member scalars in float64 ([M]) that the scheduled lr and the step count move:
+    with :func:`constant_scalars`, what the single-run optimizer computes in Python floats."""
+    if name == "sgd":
+        return {"neg_lr": -lr}
+    scalars = {"decay_factor": 1 - lr * hyper["weight_decay"]}
+    if name in ("lion", "lion_k"):
+        return {**scalars, "neg_lr": -lr}
     return {
         **scalars,
-        "beta2": hyper["beta2"],
         "bias_correction2_sqrt": (1 - hyper["beta2"] ** step) ** 0.5,
-        "eps": hyper["eps"],
         "neg_step_size": -lr / (1 - hyper["beta1"] ** step),
     }
 
@@ -166,19 +170,21 @@ class BatchedOptimizer:
         self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
         self.state = {buffer: [torch.zeros_like(p) for p in params] for buffer in STATE_BUFFERS[name]}
+        self.constants = self._cast(constant_scalars(name, hyper))
         self._scalars: tuple[Tensor, dict[str, Tensor]] | None = None  # (lr, its scalars), see scalars()
 
+    def _cast(self, scalars: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-member float64 scalars [M] in the parameters' dtype, shaped [M, 1] to broadcast."""
+        like = self.params[0]
+        return {key: value.to(dtype=like.dtype, device=like.device).unsqueeze(1) for key, value in scalars.items()}
+
     def scalars(self, lr: Tensor) -> dict[str, Tensor]:
-        """This step's per-member scalars, cast to the parameters' dtype and shaped [M, 1]. Only
-        AdamW's depend on the step count; the others are reused while the lr stays the same (a
-        constant schedule: a dozen small tensor operations less per step)."""
+        """This step's per-member scalars, cast to the parameters' dtype and shaped [M, 1]: the
+        constant ones made once; those of the lr (and AdamW's of the step count) each step, and
+        reused while the lr stays the same (a constant schedule)."""
         if self.name != "adamw" and self._scalars is not None and torch.equal(self._scalars[0], lr):
             return self._scalars[1]
-        like = self.params[0]
-        h = {
-            key: value.to(dtype=like.dtype, device=like.device).unsqueeze(1)
-            for key, value in step_scalars(self.name, self.hyper, lr, self.steps).items()
-        }
+        h = {**self.constants, **self._cast(step_scalars(self.name, self.hyper, lr, self.steps))}
         self._scalars = (lr.clone(), h)
         return h
 

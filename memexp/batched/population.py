@@ -41,7 +41,7 @@ from memexp import checkpoint as ckpt
 from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
 from memexp.config import Precision, Resume
 from memexp.data import DATASETS, BatchIterator
-from memexp.data.base import next_batches
+from memexp.data.base import MemberBatches
 from memexp.errors import ConfigValueError
 from memexp.logging import LocalLogger, MultiLogger
 from memexp.logging.progress import ProgressReporter
@@ -261,6 +261,7 @@ class Population:
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
         self.max_steps = self.trainer.epochs * steps_per_epoch if self.trainer.epochs else self.trainer.max_steps
         self.steps_per_epoch = steps_per_epoch
+        self.batches = MemberBatches([m.batches for m in members])  # type: ignore[misc]
         # The schedule is the single run's LambdaLR on a unit learning rate: lr = base lr × factor.
         self._unit = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         self.scheduler = build_scheduler(self._unit, self.trainer, self.max_steps)
@@ -329,6 +330,8 @@ class Population:
         params = [self.stacked_params(self.flat[rows]) for rows in self.passes]
 
         def forward(xb: Tensor) -> Tensor:
+            if len(params) == 1:
+                return self.forward_shared(params[0], xb)
             return torch.cat([self.forward_shared(pass_params, xb) for pass_params in params])
 
         self.base.eval()
@@ -532,7 +535,7 @@ class Population:
 
     def train_step(self) -> Tensor:
         """One update of every member on its next batch; returns the members' batch losses, [M]."""
-        x, y = next_batches([m.batches for m in self.members])  # type: ignore[misc]
+        x, y = next(self.batches)
         losses = []
         for rows, params, gradients in zip(self.passes, self.pass_params, self.pass_gradients):
             # The members are independent: the gradient of their summed losses is each one's own.

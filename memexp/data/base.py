@@ -82,22 +82,53 @@ class DataBundle(ABC):
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
-def next_batches(iterators: list[BatchIterator]) -> tuple[Tensor, Tensor]:
-    """The next batch of each iterator, stacked (``[M, batch, ...]``): ``torch.stack`` of their
-    ``next()``, each iterator advancing as on its own. Un-augmented tensor iterators over the same
-    tensors (the batched launcher's members) gather every batch in one ``index_select`` per tensor
-    instead of two per iterator."""
-    first = iterators[0]
-    if all(
-        isinstance(it, TensorBatchIterator) and it.augment is None and it.x is first.x and it.y is first.y  # type: ignore[attr-defined]
-        for it in iterators
-    ):
-        index = torch.cat([it.next_index() for it in iterators])  # type: ignore[attr-defined]
-        members = len(iterators)
-        x, y = first.x.index_select(0, index), first.y.index_select(0, index)  # type: ignore[attr-defined]
-        return x.view(members, -1, *x.shape[1:]), y.view(members, -1, *y.shape[1:])
-    batches = [next(it) for it in iterators]
-    return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+class MemberBatches:
+    """The next batch of each of M iterators at once, stacked (``[M, batch, ...]``), each iterator
+    advancing as on its own: the batched launcher's members.
+
+    Un-augmented tensor iterators over the same tensors with one batch size (a population's members,
+    which advance together) gather every batch in one ``index_select`` per tensor, from their
+    permutations stacked once an epoch; otherwise each iterator's ``next()`` is stacked."""
+
+    def __init__(self, iterators: list[BatchIterator]) -> None:
+        self.iterators = iterators
+        first = iterators[0]
+        self.gathered: list[TensorBatchIterator] | None = None
+        if all(
+            isinstance(it, TensorBatchIterator)
+            and it.augment is None
+            and it.x is first.x  # type: ignore[attr-defined]
+            and it.y is first.y  # type: ignore[attr-defined]
+            and it.batch_size == first.batch_size  # type: ignore[attr-defined]
+            for it in iterators
+        ):
+            self.gathered = iterators  # type: ignore[assignment]
+        self._orders: tuple[list[Tensor], Tensor] | None = None  # the permutations, and stacked
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        if self.gathered is None:
+            batches = [next(it) for it in self.iterators]
+            return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+        members, first = self.gathered, self.gathered[0]
+        if any(it.position != first.position for it in members):
+            index = torch.cat([it.next_index() for it in members])
+        else:  # in step (always, in a population): one slice of the stacked permutations
+            for it in members:
+                it.reshuffle_if_due()
+            start = first.position
+            index = self.stacked_orders()[:, start : start + first.batch_size].reshape(-1)
+            for it in members:
+                it.position += it.batch_size
+        x, y = first.x.index_select(0, index), first.y.index_select(0, index)
+        return x.view(len(members), -1, *x.shape[1:]), y.view(len(members), -1, *y.shape[1:])
+
+    def stacked_orders(self) -> Tensor:
+        """Every iterator's permutation, ``[M, n]``: stacked again only when one has changed (a new
+        epoch, a restored state)."""
+        orders = [it.order for it in self.gathered]  # type: ignore[union-attr]
+        if self._orders is None or any(a is not b for a, b in zip(self._orders[0], orders)):
+            self._orders = (orders, torch.stack(orders))
+        return self._orders[1]
 
 
 class TensorBatchIterator(BatchIterator):
@@ -118,11 +149,15 @@ class TensorBatchIterator(BatchIterator):
         self.epoch, self.position = 0, 0
         self.order = torch.randperm(n, generator=self.generator).to(x.device)
 
-    def next_index(self) -> Tensor:
-        """The rows of the next batch (advances the position, reshuffling at an epoch's end)."""
+    def reshuffle_if_due(self) -> None:
+        """At an epoch's end (no full batch left), a fresh permutation from the start."""
         if self.position + self.batch_size > self.x.shape[0]:
             self.order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.x.device)
             self.epoch, self.position = self.epoch + 1, 0
+
+    def next_index(self) -> Tensor:
+        """The rows of the next batch (advances the position, reshuffling at an epoch's end)."""
+        self.reshuffle_if_due()
         index = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return index
