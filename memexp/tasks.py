@@ -228,13 +228,17 @@ def evaluate_members(
     population; a single model is ``members = 1``). Each model's loss and accuracy are accumulated
     batch by batch in float64, by the task's ``member_loss`` and ``member_correct``."""
     totals = torch.zeros(members, 3, dtype=torch.float64, device=x.device)  # loss sum, correct, count
+    loss_sums, correct_sums, count = totals[:, 0], totals[:, 1], 0
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         with autocast():
             output = outputs(xb)
         targets = yb.expand(members, *yb.shape)
         losses, (correct, n) = task.member_loss(output, targets), task.member_correct(output, targets)
-        totals += torch.stack([losses.double() * n, correct.double(), torch.full_like(totals[:, 2], n)], dim=1)
+        loss_sums.add_(losses, alpha=n)  # in float64, each batch's mean weighted by its predictions
+        correct_sums.add_(correct)
+        count += n
+    totals[:, 2] = count
     if reduce is not None:
         totals = reduce(totals)
     return [task.summarize(loss / n, correct / n) for loss, correct, n in totals.tolist()]
