@@ -7,7 +7,9 @@ own BatchIterator (seeded with its seed) and has its own hyperparameters. The me
 are stacked (``stack_module_state``); one forward computes every member's loss (the model's
 ``population_forward``: memexp/models/population.py for chains of layers, the ViT's own), one
 backward pass their gradients (the members are independent, so the gradient of the summed losses is
-each member's own gradient), and the batched optimizer (memexp/batched/optim.py) updates them. A
+each member's own gradient; a model that is one linear chain, the MLP without dropout or the deep
+linear network, has its backward written out and runs no autograd: ``linear_chain_gradients``), and
+the batched optimizer (memexp/batched/optim.py) updates them. A
 compute-bound model on a CPU runs in a few passes of members (``pass_width``). ``vmap`` of each
 model's ``forward`` was the first general path: exact, but it moved the member dimension around every
 operation and ran attention member by member; each batched model now lays out its own population
