@@ -92,7 +92,7 @@ def chain_population_forward(
                 shared = h.expand(members, *h.shape)
                 h = torch.bmm(weight, shared) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, shared)
             else:  # this Linear and the Linears and activations that follow it: one linear chain
-                run, index = _linear_run(ordered, index - 1)
+                run, index = linear_run(ordered, index - 1)
                 h = linear_chain(params, run, h)
         elif isinstance(layer, ELEMENTWISE if layout == "features" else PER_CHANNEL) and layout != "input":
             h = layer(h)
@@ -118,12 +118,12 @@ def _relu_backward(grad: Tensor, output: Tensor) -> Tensor:
     return torch.ops.aten.threshold_backward(grad, output, 0)
 
 
-ACTIVATIONS: dict[type[nn.Module], Activation] = {
+CHAIN_ACTIVATIONS: dict[type[nn.Module], Activation] = {
     nn.ReLU: Activation(torch.relu_, _relu_backward, True),
     nn.Tanh: Activation(torch.tanh_, torch.ops.aten.tanh_backward, True),
     nn.SiLU: Activation(F.silu, torch.ops.aten.silu_backward, False),
 }
-GELUS = {
+CHAIN_GELUS = {
     approximate: Activation(
         partial(F.gelu, approximate=approximate), partial(torch.ops.aten.gelu_backward, approximate=approximate), False
     )
@@ -131,11 +131,11 @@ GELUS = {
 }
 
 
-def _activation(layer: nn.Module) -> Activation | None:
+def chain_activation(layer: nn.Module) -> Activation | None:
     """``layer``'s Activation, or None for a layer a linear chain does not take (dropout ends it)."""
     if type(layer) is nn.GELU:
-        return GELUS[layer.approximate]
-    return ACTIVATIONS.get(type(layer))
+        return CHAIN_GELUS[layer.approximate]
+    return CHAIN_ACTIVATIONS.get(type(layer))
 
 
 @dataclass(frozen=True)
@@ -146,13 +146,13 @@ class ChainLink:
     activation: Activation | None
 
 
-def _linear_run(layers: list[tuple[str, nn.Module]], start: int) -> tuple[list[ChainLink], int]:
+def linear_run(layers: list[tuple[str, nn.Module]], start: int) -> tuple[list[ChainLink], int]:
     """The Linears (each with the activation after it) from ``layers[start]`` on, up to the first
     other layer; and the index of that layer."""
     run, index = [], start
     while index < len(layers) and isinstance(layers[index][1], nn.Linear):
         name = layers[index][0]
-        activation = _activation(layers[index + 1][1]) if index + 1 < len(layers) else None
+        activation = chain_activation(layers[index + 1][1]) if index + 1 < len(layers) else None
         run.append(ChainLink(name, activation))
         index += 2 if activation is not None else 1
     return run, index
@@ -252,7 +252,7 @@ def linear_chain_from_input(layers: list[tuple[str, nn.Module]]) -> list[ChainLi
     """The chain as one linear chain on its flattened input (Linears and activations only: the MLP
     without dropout, the deep linear network), or None."""
     start = 1 if layers and isinstance(layers[0][1], nn.Flatten) else 0
-    run, end = _linear_run(layers, start)
+    run, end = linear_run(layers, start)
     return run if run and end == len(layers) else None
 
 

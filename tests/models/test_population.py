@@ -11,7 +11,7 @@ from memexp.models.cnn import CNN
 from memexp.models.deep_linear import DeepLinear
 from memexp.models.gpt import GPT
 from memexp.models.mlp import MLP
-from memexp.models.population import ChainLink, _activation, chain_layers, chain_population_forward, linear_chain
+from memexp.models.population import ChainLink, chain_activation, chain_layers, chain_population_forward, linear_chain
 from memexp.models.vit import VisionTransformer
 
 MEMBERS = 4
@@ -180,7 +180,7 @@ def test_the_linear_chains_written_out_backward_passes_gradcheck(activations: tu
     input and every weight and bias, each activation also at the chain's end."""
     torch.manual_seed(0)
     sizes = [5, 4, 6, 3][: len(activations) + 1]
-    run = [ChainLink(f"l{k}", None if a is None else _activation(a)) for k, a in enumerate(activations)]
+    run = [ChainLink(f"l{k}", None if a is None else chain_activation(a)) for k, a in enumerate(activations)]
     params = {}
     for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         params[f"l{k}.weight"] = torch.randn(2, fan_out, fan_in, dtype=torch.float64, requires_grad=True)
