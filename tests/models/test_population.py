@@ -193,3 +193,15 @@ def test_the_linear_chains_written_out_backward_passes_gradcheck(activations: tu
         return linear_chain(dict(zip(names, tensors)), run, h)
 
     assert torch.autograd.gradcheck(chain, (h, *params.values()))
+
+
+def test_only_a_model_that_is_one_linear_chain_trains_without_autograd() -> None:
+    """linear_chain_from_input: the MLP (a Flatten, then Linears and activations) and the deep linear
+    network are one chain; dropout ends a chain, and a convolution is not one."""
+    mlp = MLP(12, [8, 8], 3, "tanh", 0.0).population_linear_chain()
+    assert mlp is not None and [link.name for link in mlp] == ["net.1", "net.3", "net.5"]
+    assert [link.activation is not None for link in mlp] == [True, True, False]
+    deep = DeepLinear(12, 3, 3, 8, 1.0).population_linear_chain()
+    assert deep is not None and [link.activation for link in deep] == [None, None, None]
+    assert MLP(12, [8], 3, "relu", 0.5).population_linear_chain() is None
+    assert CNN(1, 8, [8, 16], 10, False, 0.0).population_linear_chain() is None
