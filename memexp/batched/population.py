@@ -287,7 +287,6 @@ class Population:
         self.linear_chain = (
             self.base.population_linear_chain() if isinstance(self.base, ChainPopulationForward) else None
         )
-        self._lr: tuple[float, Tensor] | None = None  # (schedule factor, each member's lr), see step_lr
         # Every member on one input (an evaluation batch): [B, ...] -> [M, B, ...].
         self.forward_shared = partial(self.forward, shared_input=True)
 
@@ -297,13 +296,6 @@ class Population:
 
     def lr_factor(self) -> float:
         return float(self._unit.param_groups[0]["lr"])
-
-    def step_lr(self) -> Tensor:
-        """Each member's lr this step, [M] (float64): made again only when the schedule moves it."""
-        factor = self.lr_factor()
-        if self._lr is None or self._lr[0] != factor:
-            self._lr = (factor, self.base_lr * factor)
-        return self._lr[1]
 
     def member_lr(self, index: int) -> float:
         return float(self.base_lr[index]) * self.lr_factor()  # as LambdaLR: base_lr * factor(step)
@@ -538,25 +530,30 @@ class Population:
     def train_step(self) -> Tensor:
         """One update of every member on its next batch; returns the members' batch losses, [M]."""
         x, y = next(self.batches)
-        losses = []
-        for rows, params, gradients in zip(self.passes, self.pass_params, self.pass_gradients):
-            # The members are independent: the gradient of their summed losses is each one's own.
-            if self.linear_chain is not None:
-                loss_and_gradient = self.task.member_loss_and_gradient
-                chain = self.linear_chain
-                losses.append(linear_chain_gradients(params, chain, x[rows], y[rows], loss_and_gradient, gradients))
-                continue
-            pass_losses = self.task.member_loss(self.forward(params, x[rows]), y[rows])
-            grads = torch.autograd.grad(pass_losses.sum(), list(params.values()))
-            for gradient, grad in zip(gradients.values(), grads):
-                gradient.copy_(grad)
-            losses.append(pass_losses.detach())
+        losses = [
+            self.pass_gradients_into(params, x[rows], y[rows], gradients)
+            for rows, params, gradients in zip(self.passes, self.pass_params, self.pass_gradients)
+        ]
         if self.trainer.grad_clip > 0:
             clip_grad_norms_(self.gradient_blocks, self.trainer.grad_clip)
         frozen = [i for i, m in enumerate(self.members) if not m.alive]
         frozen_rows = torch.tensor(frozen, dtype=torch.long) if frozen else None
-        self.optimizer.step(self.gradient_blocks, self.step_lr(), frozen_rows)
+        self.optimizer.step(self.gradient_blocks, self.base_lr * self.lr_factor(), frozen_rows)
         return losses[0] if len(losses) == 1 else torch.cat(losses)  # one pass: no copy (16 µs of a 1.2 ms step)
+
+    def pass_gradients_into(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, gradients: dict[str, Tensor]
+    ) -> Tensor:
+        """One pass's losses ``[width]``, the gradients of their sum written into ``gradients`` (views of
+        the population's gradient rows). The members are independent: the gradient of their summed
+        losses is each one's own."""
+        if self.linear_chain is not None:  # the backward written out, no autograd
+            loss_and_gradient = self.task.member_loss_and_gradient
+            return linear_chain_gradients(params, self.linear_chain, x, y, loss_and_gradient, gradients)
+        losses = self.task.member_loss(self.forward(params, x), y)
+        for gradient, grad in zip(gradients.values(), torch.autograd.grad(losses.sum(), list(params.values()))):
+            gradient.copy_(grad)
+        return losses.detach()
 
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch
