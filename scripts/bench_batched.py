@@ -19,6 +19,8 @@ the basic launcher (N separate runs in one process) and with ``hydra/launcher=ba
 command from start-up to exit (Hydra composes every job's config, writes its run dir, and so on).
 
 Goals (issue 14, 2 CPU cores): MLP <= 3x (600 steps), CNN and tiny ViT <= 8x, MLP memory <= 4x.
+``--models mlp_twin`` times the heavy-ball twin (``optimizer=sgd_memoryless``, one Hessian-vector
+product per step by finite differences) on the default MLP, population against one twin run.
 ``--models vit_2block`` adds the ViT of ``experiment=lion_vs_adamw size=tiny`` (2 blocks, 64 wide,
 AdamW, 300 steps): on a CPU its matrix products (1,088 rows a batch) are already compute-bound as
 one run, so a population there is about as fast as separate runs.
@@ -151,7 +153,8 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default="mlp,cnn,vit_tiny",
-        help="comma-separated subset of mlp, cnn, vit_tiny, vit_2block (experiment=lion_vs_adamw size=tiny's ViT)",
+        help="comma-separated subset of mlp, mlp_twin (optimizer=sgd_memoryless), cnn, vit_tiny, vit_2block "
+        "(experiment=lion_vs_adamw size=tiny's ViT)",
     )
     parser.add_argument("--cli", action="store_true", help="also time the memexp train -m command, basic vs batched")
     parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)
@@ -162,6 +165,8 @@ def main() -> None:
         return
     models = {
         "mlp": ["model=mlp"],  # the default run: 600 steps
+        # The heavy-ball twin on the default MLP: one H·v per step (a second forward-backward).
+        "mlp_twin": ["model=mlp", "optimizer=sgd_memoryless"],
         "cnn": ["model=cnn", f"trainer.max_steps={args.cnn_steps}"],
         "vit_tiny": ["model=vit_tiny", f"trainer.max_steps={args.vit_steps}", f"trainer.eval_every={args.vit_steps}"],
         # The ViT of experiment=lion_vs_adamw size=tiny (and adamw_beta2): 2 blocks, 64 wide, AdamW,
@@ -178,7 +183,7 @@ def main() -> None:
             "trainer.warmup_steps=20",
         ],  # fmt: skip
     }
-    learning_rates = {"vit_2block": "1e-3,3e-3"}
+    learning_rates = {"vit_2block": "1e-3,3e-3", "mlp_twin": "0.005,0.01"}
     results: dict[str, dict[str, float | int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -24,6 +24,7 @@ from memexp.config import Progress
 from memexp.logging import LocalLogger, read_metrics
 from memexp.logging.progress import ProgressReporter
 from memexp.models.population import linear_chain_gradients
+from memexp.optim.base import training_closure
 from memexp.train import build_run, check_config, train
 from tests.conftest import memexp_env, run_memexp
 
@@ -55,6 +56,40 @@ MEMBERS = {
         ["seed=0", "optimizer.kernel=softsign", "optimizer.lr=1e-4", "optimizer.delta=1e-3"],
         ["seed=1", "optimizer.kernel=softsign", "optimizer.lr=3e-4", "optimizer.delta=0.01", "optimizer.beta1=0.8"],
         ["seed=2", "optimizer.kernel=softsign", "optimizer.delta=3e-4", "optimizer.weight_decay=0.1"],
+    ],
+    # The memoryless twins: one H·v per member by finite differences; a member without momentum (SGD)
+    # or with correction_scale 0 does not correct, as its single run does not. The finite difference
+    # divides rounding by its radius (~3e-4·‖θ‖), and the exact twins sit near their stability limit
+    # (heavy ball at lr 0.01: h·c_n → 9; AdamW's 1/(|g| + ε) at ε = 1e-8), where a single run differs
+    # from itself by 1% between 1 and 2 threads (sgd_memoryless on the CNN). Trajectories are compared
+    # where rounding stays rounding; test_a_twin_members_step_is_its_single_runs holds one step of
+    # each default twin to its single run's.
+    "sgd_memoryless": [
+        ["seed=0", "optimizer.lr=0.01", "optimizer.correction_scale=0.1", "optimizer.hvp_radius=0.01"],
+        [
+            "seed=1",
+            "optimizer.lr=0.02",
+            "optimizer.momentum=0.5",
+            "optimizer.weight_decay=1e-3",
+            "optimizer.hvp_radius=0.01",
+        ],
+        ["seed=2", "optimizer.lr=0.01", "optimizer.momentum=0.0", "optimizer.hvp_radius=0.01"],
+    ],
+    "adamw_memoryless": [
+        ["seed=0", "optimizer.lr=1e-3", "optimizer.eps=1e-3"],
+        ["seed=1", "optimizer.eps=0.01", "optimizer.weight_decay=0.1", "optimizer.beta2=0.99"],
+        ["seed=2", "optimizer.lr=5e-4", "optimizer.eps=1e-4", "optimizer.correction_scale=0"],
+    ],
+    "lion_memoryless": [
+        ["seed=0", "optimizer.lr=1e-4", "optimizer.hvp=central"],
+        ["seed=1", "optimizer.lr=3e-4", "optimizer.weight_decay=0.1", "optimizer.beta1=0.95", "optimizer.hvp=central"],
+        [
+            "seed=2",
+            "optimizer.lr=2e-4",
+            "optimizer.beta2=0.98",
+            "optimizer.correction_scale=0.5",
+            "optimizer.hvp=central",
+        ],
     ],
 }
 # The CNN runs a cosine schedule with warmup and gradient clipping (per member) on top.
@@ -95,8 +130,14 @@ def held_out_losses(summary: dict) -> dict[str, float]:
     return {k: v for k, v in summary.items() if k.endswith("/loss") and k.split("/")[0] not in ("train", "gap")}
 
 
-@pytest.mark.parametrize("model", list(MODELS))
-@pytest.mark.parametrize("optimizer", list(MEMBERS))
+# Every optimizer on every model, except two of the twins on the GPT (18 s each): the twins' perturbed
+# pass through the tied GPT is covered by lion_memoryless, their arithmetic by the other models.
+CASES = [
+    (o, m) for o in MEMBERS for m in MODELS if (o, m) not in {("sgd_memoryless", "gpt"), ("adamw_memoryless", "gpt")}
+]
+
+
+@pytest.mark.parametrize(("optimizer", "model"), CASES)
 def test_each_member_follows_its_single_run(
     optimizer: str, model: str, compose: Compose, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -275,6 +316,107 @@ def test_member_gradients_equal_single_run_gradients(model: str, compose: Compos
             assert error < 1e-5, (model, path, index, error.item())
 
 
+TWIN_MEMBERS = {
+    # The defaults (conf/optimizer/<twin>.yaml) and a member with other hyperparameters each.
+    "sgd_memoryless": [[], ["optimizer.lr=0.05", "optimizer.momentum=0.5", "optimizer.weight_decay=1e-3"]],
+    "adamw_memoryless": [[], ["optimizer.correction_scale=3e-3", "optimizer.beta2=0.99", "optimizer.weight_decay=0.1"]],
+    "lion_memoryless": [[], ["optimizer.lr=3e-4", "optimizer.weight_decay=0.1", "optimizer.beta1=0.95"]],
+}
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("twin", list(TWIN_MEMBERS))
+def test_a_twin_members_step_is_its_single_runs(twin: str, model: str, compose: Compose, tmp_path: Path) -> None:
+    """One twin step at trained weights (step count n = 30, so every finite-n coefficient is on), free
+    of trajectory chaos: each member's update, the finite-difference H·v of its own block included,
+    is its single run's on the same batch, the exact twins near their stability limit included. The
+    MLP takes its gradients written out, the CNN through autograd (with gradient clipping)."""
+    torch.set_num_threads(1)
+    trainer = [
+        *TRAINER,
+        "trainer.max_steps=30",
+        "trainer.lr_schedule=constant",
+        "trainer.warmup_steps=0",
+        "trainer.grad_clip=1.0",
+    ]
+    configs = [
+        compose([f"optimizer={twin}", *MODELS[model], *trainer, f"seed={seed}", *overrides])
+        for seed, overrides in enumerate(TWIN_MEMBERS[twin])
+    ]
+    runs = []
+    for index, cfg in enumerate(configs):
+        run, run_dir = build_run(check_config(cfg)), tmp_path / f"single{index}"
+        run_dir.mkdir()
+        train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
+        runs.append(run)
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    with torch.no_grad():
+        for index, run in enumerate(runs):
+            for name, param in run.model.named_parameters():
+                population.member_params(index)[name].copy_(param)
+    population.optimizer.steps = 30  # as if it had trained: n = 30 in the step below
+    batches = [next(run.batches) for run in runs]
+    x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+    before = population.flat.clone()
+    population.step_on(x, y)
+    updates = population.flat - before
+    for index, (run, (xb, yb)) in enumerate(zip(runs, batches)):
+        params = [p for p in run.model.parameters() if p.requires_grad]
+        closure = training_closure(
+            run.optimizer, run.forward, run.task.loss, lambda batch=(xb, yb): batch, params, 1.0, run.autocast
+        )
+        weights = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+        run.optimizer.step(closure)
+        after = dict(run.model.named_parameters())
+        expected = torch.cat([(after[name].detach() - weights[name]).flatten() for name in population.names])
+        got = updates[index]
+        if twin == "lion_memoryless":
+            # ±h per coordinate (and the decay): a coordinate where g + c·H·v is ~0 may take the other
+            # sign under other rounding; all but a few must agree exactly.
+            differ = ((got - expected).abs() > 1e-3 * expected.abs().max()).float().mean().item()
+            assert differ < 1e-3, (model, index, differ)
+        else:
+            # AdamW's twin divides by |g| + ε twice (ε = 1e-8): the rounding of a gradient coordinate
+            # near 0 moves its update (3.3e-4 measured on the CNN's default member, ≤ 1.2e-5 elsewhere).
+            error = ((got - expected).norm() / expected.norm()).item()
+            assert error < (1e-3 if twin == "adamw_memoryless" else 1e-4), (model, index, error)
+
+
+def test_a_twins_perturbed_pass_replays_the_steps_dropout_masks(compose: Compose, tmp_path: Path) -> None:
+    """With dropout, H·v by finite differences is O(1/r) wrong unless the perturbed pass draws the
+    step's own masks. The forward and the central difference (one and two perturbed passes) then
+    estimate the same H·v, to O(r); and the random stream after the step is as after one pass."""
+    torch.set_num_threads(1)
+    # tanh: a ReLU network's gradient jumps where a unit's sign flips, so its finite differences depend on
+    # the radius (forward and central differ by 95% on this MLP with ReLU, dropout or not).
+    overrides = [
+        "optimizer=sgd_memoryless",
+        "model=mlp",
+        "model.dropout=0.3",
+        "model.activation=tanh",
+        *TRAINER,
+        "trainer.lr_schedule=constant",
+        "optimizer.lr=0.1",
+    ]
+    updates, streams = {}, {}
+    for hvp in ("forward", "central", "no correction"):
+        method = ["optimizer.correction=false"] if hvp == "no correction" else [f"optimizer.hvp={hvp}"]
+        configs = [compose([*overrides, *method, f"seed={seed}"]) for seed in range(2)]
+        population = Population([make_member(cfg, tmp_path / hvp / str(i)) for i, cfg in enumerate(configs)])
+        population.optimizer.steps = 30  # n = 30: a heavy-ball correction h·c_n of about 5 times H·g
+        x, y = next(population.batches)
+        before = population.flat.clone()
+        torch.manual_seed(0)
+        population.step_on(x, y)
+        updates[hvp], streams[hvp] = population.flat - before, torch.get_rng_state()
+    correction = updates["forward"] - updates["no correction"]
+    difference = (updates["forward"] - updates["central"]).norm(dim=1) / correction.norm(dim=1)
+    assert (difference < 1e-2).all(), difference
+    assert (correction.norm(dim=1) > 0.1 * updates["forward"].norm(dim=1)).all()  # the correction is no rounding
+    assert torch.equal(streams["forward"], streams["no correction"])
+    assert torch.equal(streams["central"], streams["no correction"])
+
+
 def test_passes_of_a_few_members_train_as_one_pass_does(compose: Compose, tmp_path: Path) -> None:
     """members_per_pass splits the forward and backward, not the arithmetic: each member's losses and
     weights are those of the population trained in one pass."""
@@ -392,6 +534,16 @@ def test_launcher_refuses_what_it_cannot_batch_in_one_line(tmp_path: Path) -> No
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("memexp: error: optimizer.kernel='l2' is not allowed: one of l1, softsign, quadratic")
+    # The twin trained alongside a run (trainer.twin) is refused, not silently left out.
+    result = run_memexp(*SWEEP, "trainer.twin=true", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: trainer.twin=True is not allowed: false under hydra/launcher=batched")
+    result = run_memexp(*SWEEP, "optimizer=sgd_memoryless", "optimizer.hvp=double_backward", "seed=0,1", cwd=tmp_path)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("memexp: error: optimizer.hvp='double_backward' is not allowed: one of forward, central")
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_the_sweeper_leaves_composing_the_batch_to_the_batched_launcher(tmp_path: Path) -> None:

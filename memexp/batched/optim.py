@@ -15,7 +15,10 @@ follows its single run to rounding. The math of each step is its single-run opti
 - ``lion_k``: memexp.optim.lion_k.LionK with an elementwise kernel (``l1``, ``softsign`` with a
   per-member ``delta``, ``quadratic``): Lion with ∇K(c) for sign(c), the kernel applied by the single
   run's own ``apply_kernel_gradient``. The per-tensor norm kernels (``l2``, ``linf``) would need a
-  reduction per member and tensor and are refused (memexp/batched/population.py).
+  reduction per member and tensor and are refused (memexp/batched/population.py);
+- the memoryless twins ``sgd_memoryless``, ``adamw_memoryless``, ``lion_memoryless``: their single
+  runs' steps, with one Hessian-vector product per member by finite differences
+  (memexp/batched/memoryless.py).
 
 The steps work on blocks: ``[M, n]`` tensors, a row per member. The population passes two, column
 blocks of its ``[M, N]`` parameter tensor (memexp/batched/population.py): the parameters the single
@@ -31,6 +34,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memexp.batched.memoryless import (
+    TWIN_HYPERPARAMETERS,
+    TWIN_STEPS,
+    GradientAt,
+    TwinSettings,
+    member_hessian_vector_products,
+    member_norms,
+    twin_scalars,
+)
+from memexp.optim.closure_hvp import HessianVectorProducts
 from memexp.optim.lion_k import apply_kernel_gradient
 
 # Per-member hyperparameters of each batched optimizer (the config keys that may differ inside a
@@ -40,6 +53,7 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay"),
     "lion": ("lr", "beta1", "beta2", "weight_decay"),
     "lion_k": ("lr", "beta1", "beta2", "weight_decay", "delta"),
+    **TWIN_HYPERPARAMETERS,
 }
 # lion_k kernels whose gradient ∇K(c) is elementwise (the others reduce per tensor).
 ELEMENTWISE_LION_KERNELS = ("l1", "softsign", "quadratic")
@@ -48,6 +62,7 @@ STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "adamw": ("exp_avg", "exp_avg_sq"),
     "lion": ("exp_avg",),
     "lion_k": ("exp_avg",),
+    **{twin: () for twin in TWIN_STEPS},  # a twin keeps no buffer: its memory is the correction
 }
 
 
@@ -108,6 +123,8 @@ def lion_k_step(
 
 def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
     """The per-member scalars (float64, [M]) that neither the scheduled lr nor the step count moves."""
+    if name in TWIN_STEPS:
+        return {key: hyper[key] for key in ("weight_decay", "eps") if key in hyper}
     if name == "sgd":
         scalars = {"weight_decay": hyper["weight_decay"], "momentum": hyper["momentum"]}
         if bool((hyper["dampening"] != 0).any()):
@@ -140,7 +157,7 @@ def clip_grad_norms_(grads: list[Tensor], max_norm: float) -> Tensor:
     """torch.nn.utils.clip_grad_norm_ per member on ``[M, n]`` gradient blocks: each member's
     gradient is scaled by ``min(1, max_norm / (‖g_member‖ + 1e-6))``. Returns the norms before
     clipping, [M]."""
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dim=1) for g in grads], 1), dim=1)
+    total = member_norms(grads)
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0).unsqueeze(1)
     for grad in grads:
         grad.mul_(scale)
@@ -159,13 +176,28 @@ class BatchedOptimizer:
         decayed: int,
         hyper: dict[str, Tensor],
         kernel: str | None = None,
+        twin: TwinSettings | None = None,
     ) -> None:
-        """``kernel``: lion_k's (one of ELEMENTWISE_LION_KERNELS); None for the other optimizers."""
+        """``kernel``: lion_k's (one of ELEMENTWISE_LION_KERNELS); None for the other optimizers.
+        ``twin``: a memoryless twin's shared settings (correction on or off, the finite difference)."""
         if name not in HYPERPARAMETERS:
             raise ValueError(f"no batched optimizer {name!r}")
         if name == "lion_k" and kernel not in ELEMENTWISE_LION_KERNELS:
             raise ValueError(f"lion_k kernel {kernel!r} is not elementwise: not batched")
         self.name, self.params, self.hyper, self.kernel = name, params, hyper, kernel
+        self.twin = twin or TwinSettings()
+        self.hyper_values = {key: values.tolist() for key, values in hyper.items()}  # the twins' Python floats
+        # Whether any member corrects (needs H·v): the single run of one that does not skips the product.
+        self.corrects = (
+            name in TWIN_STEPS
+            and self.twin.correction
+            and any(
+                scale != 0 and (name != "sgd_memoryless" or momentum > 0)
+                for scale, momentum in zip(
+                    self.hyper_values["correction_scale"], self.hyper_values.get("momentum", [1.0] * len(params[0]))
+                )
+            )
+        )
         # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
         self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
@@ -181,7 +213,12 @@ class BatchedOptimizer:
     def scalars(self, lr: Tensor) -> dict[str, Tensor]:
         """This step's per-member scalars, cast to the parameters' dtype and shaped [M, 1]: the
         constant ones made once; those of the lr (and AdamW's of the step count) each step, and
-        reused while the lr stays the same (a constant schedule)."""
+        reused while the lr stays the same (a constant schedule). A twin's coefficients move with the
+        step count n (its single run's, before this step: 0 on the first)."""
+        if self.name in TWIN_STEPS:
+            n = self.steps - 1
+            scalars = twin_scalars(self.name, self.hyper_values, lr.tolist(), n, self.twin)
+            return {**self.constants, **self._cast(scalars)}
         if self.name != "adamw" and self._scalars is not None and torch.equal(self._scalars[0], lr):
             return self._scalars[1]
         h = {**self.constants, **self._cast(step_scalars(self.name, self.hyper, lr, self.steps))}
@@ -189,14 +226,27 @@ class BatchedOptimizer:
         return h
 
     @torch.no_grad()
-    def step(self, grads: list[Tensor], lr: Tensor, frozen: Tensor | None = None) -> None:
-        """One update; ``lr`` is this step's learning rate per member ([M], float64)."""
+    def step(
+        self, grads: list[Tensor], lr: Tensor, frozen: Tensor | None = None, gradient_at: GradientAt | None = None
+    ) -> None:
+        """One update; ``lr`` is this step's learning rate per member ([M], float64). ``gradient_at``:
+        every member's gradients at perturbed weights on this step's batch (a twin's H·v needs it)."""
         self.steps += 1
         params, decayed = self.params, self.decayed
         h = self.scalars(lr)
         kept = [p[frozen].clone() for p in params] if frozen is not None else []
         buffers = [self.state[b] for b in STATE_BUFFERS[self.name]]
-        if self.name == "sgd":
+        if self.name in TWIN_STEPS:
+            hessian_vector = None
+            if self.corrects:
+                if gradient_at is None:
+                    raise ValueError(f"{self.name}'s step needs gradient_at (its Hessian-vector product)")
+
+                def hessian_vector(vectors: list[Tensor]) -> HessianVectorProducts:
+                    return member_hessian_vector_products(params, vectors, grads, gradient_at, self.twin)
+
+            TWIN_STEPS[self.name](params, grads, decayed, h, hessian_vector)
+        elif self.name == "sgd":
             sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
             adamw_step(params, grads, buffers[0], buffers[1], decayed, h)

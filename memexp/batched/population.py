@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
+from memexp.batched.memoryless import FINITE_DIFFERENCES, TwinSettings
 from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
 from memexp.config import Precision, Resume
 from memexp.data import DATASETS, BatchIterator
@@ -51,6 +52,7 @@ from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
 from memexp.models.population import ChainPopulationForward, linear_chain_gradients
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.optim.closure_hvp import RNGSnapshot
 from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
@@ -69,6 +71,13 @@ def lion_kernel(optimizer_cfg: Any) -> str | None:
     return None if kernel is None else LionKernel(kernel).value
 
 
+def twin_settings(optimizer_cfg: Any) -> TwinSettings | None:
+    """A memoryless twin's settings shared by the population (None for the other optimizers)."""
+    if not hasattr(optimizer_cfg, "correction"):
+        return None
+    return TwinSettings(bool(optimizer_cfg.correction), str(optimizer_cfg.hvp), optimizer_cfg.hvp_radius)
+
+
 def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
     """Why this job cannot be trained in a population (one line naming the key), or None."""
     optimizer, model, trainer = run_cfg.optimizer, run_cfg.model, run_cfg.trainer
@@ -85,6 +94,13 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             lion_kernel(optimizer),
             f"one of {', '.join(ELEMENTWISE_LION_KERNELS)} under {LAUNCHER} "
             "(norm kernels reduce per tensor: not batched yet)",
+        ),
+        (
+            getattr(optimizer, "hvp", "forward") in FINITE_DIFFERENCES,
+            "optimizer.hvp",
+            getattr(optimizer, "hvp", "forward"),
+            f"one of {', '.join(FINITE_DIFFERENCES)} under {LAUNCHER} "
+            "(the written-out backward of a linear chain is first order: no double backward)",
         ),
         (
             not getattr(optimizer, "nesterov", False),
@@ -111,6 +127,13 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             f"false under {LAUNCHER} (batch-norm running statistics are not batched yet)",
         ),
         (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
+        (
+            not trainer.twin,
+            "trainer.twin",
+            trainer.twin,
+            f"false under {LAUNCHER} (the twin trained alongside is not batched yet; "
+            "optimizer=<name>_memoryless trains the twins themselves)",
+        ),
         (
             not trainer.compile,
             "trainer.compile",
@@ -242,6 +265,10 @@ class Population:
         self.pass_gradients = [self.stacked_params(self.gradient[rows]) for rows in self.passes]
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
         self.gradient_blocks = self.blocks(self.gradient)
+        # A twin's perturbed weights and their gradients, per finite-difference slot (see gradient_at).
+        self.perturbed: dict[
+            int, tuple[list[Tensor], list[dict[str, Tensor]], list[Tensor], list[dict[str, Tensor]]]
+        ] = {}
         # Tied weights (the GPT's embedding and head) are stacked once, under the first name; a checkpoint
         # lists every name, as the single run's state_dict does.
         canonical = {id(p): name for name, p in models[0].named_parameters()}
@@ -258,6 +285,7 @@ class Population:
             1,
             member_hyperparameters(members),
             kernel=lion_kernel(first.optimizer),
+            twin=twin_settings(first.optimizer),
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -529,17 +557,68 @@ class Population:
 
     def train_step(self) -> Tensor:
         """One update of every member on its next batch; returns the members' batch losses, [M]."""
-        x, y = next(self.batches)
-        losses = [
-            self.pass_gradients_into(params, x[rows], y[rows], gradients)
-            for rows, params, gradients in zip(self.passes, self.pass_params, self.pass_gradients)
-        ]
-        if self.trainer.grad_clip > 0:
-            clip_grad_norms_(self.gradient_blocks, self.trainer.grad_clip)
+        return self.step_on(*next(self.batches))
+
+    def step_on(self, x: Tensor, y: Tensor) -> Tensor:
+        """One update of every member on its batch (``x[m], y[m]``); returns the batch losses, [M]."""
+        # A twin's H·v takes the gradients again at perturbed weights: the same dropout masks (the
+        # generator rewound, as the single run's closure_hvp does), and the stream left as after one pass.
+        replay = RNGSnapshot([self.flat]) if self.optimizer.corrects else None
+        losses = self.gradients_into(self.pass_params, self.pass_gradients, self.gradient_blocks, x, y)
         frozen = [i for i, m in enumerate(self.members) if not m.alive]
         frozen_rows = torch.tensor(frozen, dtype=torch.long) if frozen else None
-        self.optimizer.step(self.gradient_blocks, self.base_lr * self.lr_factor(), frozen_rows)
+        gradient_at = None if replay is None else partial(self.gradient_at, x=x, y=y, replay=replay)
+        self.optimizer.step(self.gradient_blocks, self.base_lr * self.lr_factor(), frozen_rows, gradient_at)
+        return losses
+
+    def gradients_into(
+        self,
+        pass_params: list[dict[str, Tensor]],
+        pass_gradients: list[dict[str, Tensor]],
+        gradient_blocks: list[Tensor],
+        x: Tensor,
+        y: Tensor,
+    ) -> Tensor:
+        """Every pass's losses and gradients (clipped per member as the run's closure clips), the
+        gradients written into ``pass_gradients`` (views of the rows of the [M, N] gradient whose column
+        blocks are ``gradient_blocks``). Returns the losses, [M]."""
+        losses = [
+            self.pass_gradients_into(params, x[rows], y[rows], gradients)
+            for rows, params, gradients in zip(self.passes, pass_params, pass_gradients)
+        ]
+        if self.trainer.grad_clip > 0:
+            clip_grad_norms_(gradient_blocks, self.trainer.grad_clip)
         return losses[0] if len(losses) == 1 else torch.cat(losses)  # one pass: no copy (16 µs of a 1.2 ms step)
+
+    def gradient_at(
+        self, vectors: list[Tensor], scale: Tensor, slot: int, x: Tensor, y: Tensor, replay: RNGSnapshot
+    ) -> list[Tensor]:
+        """Every member's gradients on the batch ``x, y`` at θ + scale·v (memexp.batched.memoryless.GradientAt),
+        in the column blocks of gradient buffer ``slot``. The perturbed weights and the gradients live in
+        buffers made on the first call (no 3 fresh [M, N] tensors a step)."""
+        if slot not in self.perturbed:
+            perturbed, gradient = torch.empty_like(self.flat), torch.empty_like(self.flat)
+            self.perturbed[slot] = (
+                self.blocks(perturbed),
+                [
+                    {name: p.requires_grad_(True) for name, p in self.stacked_params(perturbed[rows]).items()}
+                    for rows in self.passes
+                ],
+                self.blocks(gradient),
+                [self.stacked_params(gradient[rows]) for rows in self.passes],
+            )
+        weights, pass_params, gradient_blocks, pass_gradients = self.perturbed[slot]
+        with torch.no_grad():
+            for weight, param, vector in zip(weights, self.optimizer.params, vectors):
+                torch.addcmul(param, vector, scale, out=weight)
+        after = RNGSnapshot([self.flat])
+        replay.restore()
+        try:
+            with torch.enable_grad():  # the optimizer's step runs under no_grad; the autograd path needs it
+                self.gradients_into(pass_params, pass_gradients, gradient_blocks, x, y)
+        finally:
+            after.restore()
+        return gradient_blocks
 
     def pass_gradients_into(
         self, params: dict[str, Tensor], x: Tensor, y: Tensor, gradients: dict[str, Tensor]

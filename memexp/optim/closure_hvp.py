@@ -91,11 +91,12 @@ class HessianVectorProducts:
     """H·v per tensor in the form its method produced it: H·v = (ends − starts)·scale.
 
     A forward difference leaves ends = ∇L(θ + s·v), starts = ∇L(θ) (the step's gradients) and
-    scale = 1/s, a 0-d tensor (no host sync); the exact and central methods leave the products
-    themselves (starts and scale None). Keeping the parts lets a consumer that needs only g + c·H·v
-    (Lion's twin) form it in one lerp pass instead of a subtraction, a division and an addition;
-    the others call ``materialize_``. Views made by ``pick`` share the tensors: each tensor belongs
-    to one view, which materializes it once.
+    scale = 1/s, a 0-d tensor (no host sync), or one scale per member of a population (``[M, 1]``,
+    broadcast over each ``[M, n]`` tensor: memexp.batched.memoryless); the exact and central methods
+    leave the products themselves (starts and scale None). Keeping the parts lets a consumer that
+    needs only g + c·H·v (Lion's twin) form it in one lerp pass instead of a subtraction, a division
+    and an addition; the others call ``materialize_``. Views made by ``pick`` share the tensors: each
+    tensor belongs to one view, which materializes it once.
     """
 
     def __init__(self, ends: list[Tensor], starts: list[Tensor] | None = None, scale: Tensor | None = None) -> None:
@@ -113,17 +114,41 @@ class HessianVectorProducts:
     def materialize_(self) -> list[Tensor]:
         """The products H·v, formed in place in ``ends`` (fresh tensors of this step) on first call."""
         if self.starts is not None:
+            assert self.scale is not None
             torch._foreach_sub_(self.ends, self.starts)
-            torch._foreach_mul_(self.ends, self.scale)
+            if self.scale.dim() == 0:
+                torch._foreach_mul_(self.ends, self.scale)
+            else:  # a scale per member: the foreach kernels take 0-d tensors only
+                for end in self.ends:
+                    end.mul_(self.scale)
             self.starts = self.scale = None
         return self.ends
 
-    def gradient_plus(self, gradients: list[Tensor], factor: float) -> list[Tensor]:
-        """New tensors g + factor·H·v. When ``gradients`` are this forward difference's starts,
+    def gradient_plus(self, gradients: list[Tensor], factor: float | Tensor) -> list[Tensor]:
+        """New tensors g + factor·H·v (``factor``: a number, or a tensor that broadcasts like the
+        scale). When ``gradients`` are this forward difference's starts,
         g + factor·(g' − g)·scale = lerp(g, g', factor·scale): one pass."""
         if self.starts is not None and all(a is b for a, b in zip(self.starts, gradients, strict=True)):
-            return torch._foreach_lerp(gradients, self.ends, factor * self.scale)
-        return torch._foreach_add(gradients, self.materialize_(), alpha=factor)
+            weight = factor * self.scale
+            if weight.dim() == 0:
+                return torch._foreach_lerp(gradients, self.ends, weight)
+            return [torch.lerp(g, end, weight) for g, end in zip(gradients, self.ends)]
+        products = self.materialize_()
+        if isinstance(factor, Tensor):
+            return [torch.addcmul(g, factor, hv) for g, hv in zip(gradients, products)]
+        return torch._foreach_add(gradients, products, alpha=factor)
+
+
+def relative_radius(dtype: torch.dtype, central: bool, radius: float | None) -> float:
+    """rel of the finite difference's radius r = rel·max(‖θ‖, 1): ``radius`` (``hvp_radius``) if
+    given, else eps^(1/2) (forward) or eps^(1/3) (central) of the parameter dtype."""
+    return radius if radius is not None else torch.finfo(dtype).eps ** (1 / 3 if central else 1 / 2)
+
+
+def perturbation_scale(param_norm: Tensor, vector_norm: Tensor, relative: float) -> Tensor:
+    """s with ‖s·v‖ = r = rel·max(‖θ‖, 1): the perturbation θ + s·v of a finite difference. Elementwise
+    in the norms: 0-d for one run, one per member ``[M]`` for a population."""
+    return param_norm.clamp_min(1.0) * relative / vector_norm.clamp_min(torch.finfo(vector_norm.dtype).tiny)
 
 
 def _gradients_at(
@@ -192,12 +217,9 @@ def _finite_difference(
     central: bool,
     radius: float | None,
 ) -> HessianVectorProducts:
-    relative = radius if radius is not None else torch.finfo(params[0].dtype).eps ** (1 / 3 if central else 1 / 2)
+    relative = relative_radius(params[0].dtype, central, radius)
     # All scalars stay tensors: no host sync inside the step.
-    device = params[0].device
-    step_length = global_norm(params).clamp_min(1.0) * relative
-    v_norm = global_norm(vectors)
-    scale = (step_length / v_norm.clamp_min(torch.finfo(v_norm.dtype).tiny)).to(device)  # |scale·v| = r
+    scale = perturbation_scale(global_norm(params), global_norm(vectors), relative).to(params[0].device)
     saved_grads = [p.grad for p in params]
     after = RNGSnapshot(params)
     try:
