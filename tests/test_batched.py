@@ -57,6 +57,13 @@ MEMBERS = {
         ["seed=1", "optimizer.kernel=softsign", "optimizer.lr=3e-4", "optimizer.delta=0.01", "optimizer.beta1=0.8"],
         ["seed=2", "optimizer.kernel=softsign", "optimizer.delta=3e-4", "optimizer.weight_decay=0.1"],
     ],
+    # Adam projected onto Lion's box |x| ≤ 1/λ (weight_decay is λ): boxes of 0.1 and 0.05 bind on the
+    # MLP's first layer from initialization (|x| ≤ 1/8 there).
+    "projected_adam": [
+        ["seed=0", "optimizer.lr=1e-3"],
+        ["seed=1", "optimizer.lr=1e-3", "optimizer.weight_decay=10"],
+        ["seed=2", "optimizer.lr=5e-4", "optimizer.weight_decay=20", "optimizer.beta2=0.99"],
+    ],
     # The memoryless twins: one H·v per member by finite differences; a member without momentum (SGD)
     # or with correction_scale 0 does not correct, as its single run does not. The finite difference
     # divides rounding by its radius (~3e-4·‖θ‖), and the exact twins sit near their stability limit
@@ -204,7 +211,7 @@ def test_each_member_logs_its_single_runs_economy_metrics(optimizer: str, compos
     print(f"{optimizer}: {compared} geom/* values, worst relative error {worst:.1e}")
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "projected_adam"])
 def test_each_member_logs_its_single_runs_hessian_metrics(optimizer: str, compose: Compose, tmp_path: Path) -> None:
     """metrics=full (sharpness, Adam-preconditioned sharpness, Hessian trace, the correction ratio,
     R_med from exact Hessian diagonals) runs member by member on the single run's code, the member's

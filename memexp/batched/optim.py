@@ -10,6 +10,8 @@ follows its single run to rounding. The math of each step is its single-run opti
   ``buf = g`` on the first step, L2 weight decay added to the gradient, Nesterov off;
 - ``adamw``: torch.optim.AdamW (memexp/optim/adamw.py), decoupled decay ``x ← x·(1 − η·λ)``, bias
   corrections ``1 − β^t``, ``denom = sqrt(v)/sqrt(1 − β2^t) + ε``;
+- ``projected_adam``: memexp.optim.projected_adam.ProjectedAdam: AdamW's step without decay, then
+  each member's weight-decayed parameters clipped to its box ``|x| ≤ 1/λ`` (no box for λ = 0);
 - ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
   ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``;
 - ``lion_k``: memexp.optim.lion_k.LionK with an elementwise kernel (``l1``, ``softsign`` with a
@@ -51,6 +53,7 @@ from memexp.optim.lion_k import apply_kernel_gradient
 HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "sgd": ("lr", "momentum", "dampening", "weight_decay"),
     "adamw": ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    "projected_adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),  # weight_decay: λ of the box
     "lion": ("lr", "beta1", "beta2", "weight_decay"),
     "lion_k": ("lr", "beta1", "beta2", "weight_decay", "delta"),
     **TWIN_HYPERPARAMETERS,
@@ -60,6 +63,7 @@ ELEMENTWISE_LION_KERNELS = ("l1", "softsign", "quadratic")
 STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum_buffer",),
     "adamw": ("exp_avg", "exp_avg_sq"),
+    "projected_adam": ("exp_avg", "exp_avg_sq"),
     "lion": ("exp_avg",),
     "lion_k": ("exp_avg",),
     **{twin: () for twin in TWIN_STEPS},  # a twin keeps no buffer: its memory is the correction
@@ -121,6 +125,11 @@ def lion_k_step(
         momentum.lerp_(grad, h["one_minus_beta2"])
 
 
+# The optimizers that take AdamW's step (projected_adam without its decay), and whose single runs keep
+# a step count in their state.
+ADAM_STEPS = ("adamw", "projected_adam")
+
+
 def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
     """The per-member scalars (float64, [M]) that neither the scheduled lr nor the step count moves."""
     if name in TWIN_STEPS:
@@ -133,8 +142,10 @@ def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
     scalars = {"one_minus_beta1": 1 - hyper["beta1"], "one_minus_beta2": 1 - hyper["beta2"]}
     if name == "lion_k":
         scalars["delta"] = hyper["delta"]
-    if name == "adamw":
+    if name in ADAM_STEPS:
         scalars.update(beta2=hyper["beta2"], eps=hyper["eps"])
+    if name == "projected_adam":  # the box's half-width 1/λ (memexp.optim.projected_adam.box_radius), ∞ for λ = 0
+        scalars["box_radius"] = torch.where(hyper["weight_decay"] > 0, 1 / hyper["weight_decay"], torch.inf)
     return scalars
 
 
@@ -219,7 +230,7 @@ class BatchedOptimizer:
             n = self.steps - 1
             scalars = twin_scalars(self.name, self.hyper_values, lr.tolist(), n, self.twin)
             return {**self.constants, **self._cast(scalars)}
-        if self.name != "adamw" and self._scalars is not None and torch.equal(self._scalars[0], lr):
+        if self.name not in ADAM_STEPS and self._scalars is not None and torch.equal(self._scalars[0], lr):
             return self._scalars[1]
         h = {**self.constants, **self._cast(step_scalars(self.name, self.hyper, lr, self.steps))}
         self._scalars = (lr.clone(), h)
@@ -250,6 +261,10 @@ class BatchedOptimizer:
             sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
             adamw_step(params, grads, buffers[0], buffers[1], decayed, h)
+        elif self.name == "projected_adam":  # Adam with no decay, then the box (on the decayed block)
+            adamw_step(params, grads, buffers[0], buffers[1], 0, h)
+            for param in params[:decayed]:
+                torch.clamp(param, -h["box_radius"], h["box_radius"], out=param)
         else:  # lion is lion_k with the l1 kernel
             lion_k_step(params, grads, buffers[0], decayed, h, self.kernel or "l1")
         for param, old in zip(params, kept):

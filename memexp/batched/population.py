@@ -41,7 +41,13 @@ from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
 from memexp.batched.memoryless import FINITE_DIFFERENCES, TwinSettings
-from memexp.batched.optim import ELEMENTWISE_LION_KERNELS, HYPERPARAMETERS, BatchedOptimizer, clip_grad_norms_
+from memexp.batched.optim import (
+    ADAM_STEPS,
+    ELEMENTWISE_LION_KERNELS,
+    HYPERPARAMETERS,
+    BatchedOptimizer,
+    clip_grad_norms_,
+)
 from memexp.config import Precision, Resume
 from memexp.data import DATASETS, BatchIterator
 from memexp.data.base import MemberBatches
@@ -408,7 +414,7 @@ class Population:
         also has its ``step``, a float32 tensor as torch keeps it."""
         rows = {b: torch.cat([block[index] for block in blocks]) for b, blocks in self.optimizer.state.items()}
         buffers = {b: self.member_params(0, row.unsqueeze(0)) for b, row in rows.items()}  # the row as a 1-member flat
-        step = {"step": torch.tensor(float(self.optimizer.steps))} if self.optimizer.name == "adamw" else {}
+        step = {"step": torch.tensor(float(self.optimizer.steps))} if self.optimizer.name in ADAM_STEPS else {}
         return {name: {**step, **{b: views[name] for b, views in buffers.items()}} for name in self.names}
 
     def member_state_dict(self, index: int) -> dict[str, Tensor]:
