@@ -64,6 +64,13 @@ MEMBERS = {
         ["seed=1", "optimizer.lr=1e-3", "optimizer.weight_decay=10"],
         ["seed=2", "optimizer.lr=5e-4", "optimizer.weight_decay=20", "optimizer.beta2=0.99"],
     ],
+    # Adaptive memory momentum: each member's β_t from its own sums, over the whole model (global
+    # scope) or per tensor; a member with β fixed at β_max (adaptive=false) is in test_am_sgd_scopes.
+    "am_sgd": [
+        ["seed=0", "optimizer.lr=0.1"],
+        ["seed=1", "optimizer.lr=0.05", "optimizer.rho=0.0", "optimizer.weight_decay=1e-3"],
+        ["seed=2", "optimizer.lr=0.1", "optimizer.beta_max=0.8", "optimizer.rho=0.3"],
+    ],
     # The memoryless twins: one H·v per member by finite differences; a member without momentum (SGD)
     # or with correction_scale 0 does not correct, as its single run does not. The finite difference
     # divides rounding by its radius (~3e-4·‖θ‖), and the exact twins sit near their stability limit
@@ -387,6 +394,39 @@ def test_a_twin_members_step_is_its_single_runs(twin: str, model: str, compose: 
             # near 0 moves its update (3.3e-4 measured on the CNN's default member, ≤ 1.2e-5 elsewhere).
             error = ((got - expected).norm() / expected.norm()).item()
             assert error < (1e-3 if twin == "adamw_memoryless" else 1e-4), (model, index, error)
+
+
+@pytest.mark.parametrize("scope", ["global", "per_tensor", "constant"])
+def test_am_sgd_members_log_their_single_runs_betas(scope: str, compose: Compose, tmp_path: Path) -> None:
+    """AM-SGD's β_t per member, over its whole model or per tensor (or fixed at β_max): each member's
+    optim/beta_mean, _min, _max at every log step are its single run's, its losses too."""
+    torch.set_num_threads(1)
+    settings = ["optimizer.adaptive=false"] if scope == "constant" else [f"optimizer.scope={scope}"]
+    overrides = ["optimizer=am_sgd", "model=cnn", *settings, *TRAINER, "trainer.max_steps=40", "trainer.grad_clip=1.0"]
+    configs = [compose([*overrides, *m]) for m in MEMBERS["am_sgd"]]
+    Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)]).train()
+    keys = ("optim/beta_mean", "optim/beta_min", "optim/beta_max")
+    for index, cfg in enumerate(configs):
+        single_run(cfg, tmp_path / f"single{index}")
+        got, want = (
+            [
+                [row[k] for k in keys]
+                for row in read_metrics(tmp_path / f"{kind}{index}" / "metrics.jsonl")
+                if keys[0] in row
+            ]
+            for kind in ("member", "single")
+        )
+        assert len(got) == len(want) == 40
+        assert sum(got, []) == pytest.approx(sum(want, []), rel=1e-4, abs=1e-6), index
+        spread = {round(hi - lo, 6) for _, lo, hi in want}
+        assert (spread != {0.0}) == (scope == "per_tensor")  # per tensor: several β_t a step
+        if scope == "constant":
+            assert [mean for mean, _, _ in want] == pytest.approx([cfg.optimizer.beta_max] * 40)
+        else:
+            assert len({round(mean, 4) for mean, _, _ in want}) > 5  # β_t adapts
+        assert batch_losses(tmp_path / f"member{index}") == pytest.approx(
+            batch_losses(tmp_path / f"single{index}"), rel=1e-4
+        )
 
 
 def test_a_twins_perturbed_pass_replays_the_steps_dropout_masks(compose: Compose, tmp_path: Path) -> None:

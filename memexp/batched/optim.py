@@ -18,6 +18,8 @@ follows its single run to rounding. The math of each step is its single-run opti
   per-member ``delta``, ``quadratic``): Lion with ∇K(c) for sign(c), the kernel applied by the single
   run's own ``apply_kernel_gradient``. The per-tensor norm kernels (``l2``, ``linf``) would need a
   reduction per member and tensor and are refused (memexp/batched/population.py);
+- ``am_sgd``: memexp.optim.am_sgd.AdaptiveMemorySGD with the Taylor offset, each member's β_t from
+  its own sums (memexp/batched/adaptive_memory.py);
 - the memoryless twins ``sgd_memoryless``, ``adamw_memoryless``, ``lion_memoryless``: their single
   runs' steps, with one Hessian-vector product per member by finite differences
   (memexp/batched/memoryless.py).
@@ -36,6 +38,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from memexp.batched.adaptive_memory import (
+    ADAPTIVE_MEMORY_HYPERPARAMETERS,
+    AdaptiveMemorySettings,
+    am_sgd_step,
+)
 from memexp.batched.memoryless import (
     TWIN_HYPERPARAMETERS,
     TWIN_STEPS,
@@ -56,6 +63,7 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "projected_adam": ("lr", "beta1", "beta2", "eps", "weight_decay"),  # weight_decay: λ of the box
     "lion": ("lr", "beta1", "beta2", "weight_decay"),
     "lion_k": ("lr", "beta1", "beta2", "weight_decay", "delta"),
+    **ADAPTIVE_MEMORY_HYPERPARAMETERS,
     **TWIN_HYPERPARAMETERS,
 }
 # lion_k kernels whose gradient ∇K(c) is elementwise (the others reduce per tensor).
@@ -64,6 +72,7 @@ STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum_buffer",),
     "adamw": ("exp_avg", "exp_avg_sq"),
     "projected_adam": ("exp_avg", "exp_avg_sq"),
+    "am_sgd": ("direction",),
     "lion": ("exp_avg",),
     "lion_k": ("exp_avg",),
     **{twin: () for twin in TWIN_STEPS},  # a twin keeps no buffer: its memory is the correction
@@ -134,6 +143,8 @@ def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
     """The per-member scalars (float64, [M]) that neither the scheduled lr nor the step count moves."""
     if name in TWIN_STEPS:
         return {key: hyper[key] for key in ("weight_decay", "eps") if key in hyper}
+    if name == "am_sgd":
+        return {key: hyper[key] for key in ("weight_decay", "rho", "beta_max")}
     if name == "sgd":
         scalars = {"weight_decay": hyper["weight_decay"], "momentum": hyper["momentum"]}
         if bool((hyper["dampening"] != 0).any()):
@@ -152,7 +163,7 @@ def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
 def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
     """This step's per-member scalars in float64 ([M]) that the scheduled lr and the step count move:
     with :func:`constant_scalars`, what the single-run optimizer computes in Python floats."""
-    if name == "sgd":
+    if name in ("sgd", "am_sgd"):
         return {"neg_lr": -lr}
     scalars = {"decay_factor": 1 - lr * hyper["weight_decay"]}
     if name in ("lion", "lion_k"):
@@ -188,15 +199,21 @@ class BatchedOptimizer:
         hyper: dict[str, Tensor],
         kernel: str | None = None,
         twin: TwinSettings | None = None,
+        adaptive_memory: AdaptiveMemorySettings | None = None,
     ) -> None:
         """``kernel``: lion_k's (one of ELEMENTWISE_LION_KERNELS); None for the other optimizers.
-        ``twin``: a memoryless twin's shared settings (correction on or off, the finite difference)."""
+        ``twin``: a memoryless twin's shared settings (correction on or off, the finite difference);
+        ``adaptive_memory``: am_sgd's (scope, adaptive, the blocks' parameter segments)."""
         if name not in HYPERPARAMETERS:
             raise ValueError(f"no batched optimizer {name!r}")
         if name == "lion_k" and kernel not in ELEMENTWISE_LION_KERNELS:
             raise ValueError(f"lion_k kernel {kernel!r} is not elementwise: not batched")
         self.name, self.params, self.hyper, self.kernel = name, params, hyper, kernel
         self.twin = twin or TwinSettings()
+        self.adaptive_memory = adaptive_memory or AdaptiveMemorySettings()
+        # am_sgd: each member's lr of the previous step (η_{t−1}, float64 [M]) and the last step's β_t.
+        self.previous_lr: Tensor | None = None
+        self.last_betas: Tensor | None = None
         self.hyper_values = {key: values.tolist() for key, values in hyper.items()}  # the twins' Python floats
         # Whether any member corrects (needs H·v): the single run of one that does not skips the product.
         self.corrects = (
@@ -230,6 +247,10 @@ class BatchedOptimizer:
             n = self.steps - 1
             scalars = twin_scalars(self.name, self.hyper_values, lr.tolist(), n, self.twin)
             return {**self.constants, **self._cast(scalars)}
+        if self.name == "am_sgd":  # η_{t−1}/η moves with the previous lr too
+            previous = lr if self.previous_lr is None else self.previous_lr
+            ratio = torch.where(lr > 0, previous / torch.where(lr > 0, lr, 1.0), 0.0)
+            return {**self.constants, **self._cast({"neg_lr": -lr, "lr_ratio": ratio})}
         if self.name not in ADAM_STEPS and self._scalars is not None and torch.equal(self._scalars[0], lr):
             return self._scalars[1]
         h = {**self.constants, **self._cast(step_scalars(self.name, self.hyper, lr, self.steps))}
@@ -257,6 +278,10 @@ class BatchedOptimizer:
                     return member_hessian_vector_products(params, vectors, grads, gradient_at, self.twin)
 
             TWIN_STEPS[self.name](params, grads, decayed, h, hessian_vector)
+        elif self.name == "am_sgd":
+            first = self.previous_lr is None
+            self.last_betas = am_sgd_step(params, grads, buffers[0], decayed, h, first, self.adaptive_memory)
+            self.previous_lr = lr.clone()
         elif self.name == "sgd":
             sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
@@ -272,10 +297,17 @@ class BatchedOptimizer:
 
     def member_state(self, index: int) -> dict[str, Any]:
         """Member ``index``'s slice of the state (for its own checkpoint)."""
-        return {"steps": self.steps, "buffers": {b: [t[index].clone() for t in s] for b, s in self.state.items()}}
+        state = {"steps": self.steps, "buffers": {b: [t[index].clone() for t in s] for b, s in self.state.items()}}
+        if self.previous_lr is not None:
+            state["previous_lr"] = float(self.previous_lr[index])
+        return state
 
     def load_member_state(self, index: int, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
+        if "previous_lr" in state:  # am_sgd
+            if self.previous_lr is None:
+                self.previous_lr = torch.zeros_like(self.hyper["lr"])
+            self.previous_lr[index] = state["previous_lr"]
         for buffer, tensors in state["buffers"].items():
             for target, tensor in zip(self.state[buffer], tensors):
                 target[index].copy_(tensor)

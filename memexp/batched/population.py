@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
+from memexp.batched.adaptive_memory import BATCHED_OFFSETS, AdaptiveMemorySettings
 from memexp.batched.memoryless import FINITE_DIFFERENCES, TwinSettings
 from memexp.batched.optim import (
     ADAM_STEPS,
@@ -58,6 +59,7 @@ from memexp.metrics import GeometryProbe
 from memexp.models import MODELS
 from memexp.models.population import ChainPopulationForward, linear_chain_gradients
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
+from memexp.optim.am_sgd import beta_stats
 from memexp.optim.closure_hvp import RNGSnapshot
 from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
@@ -107,6 +109,12 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             getattr(optimizer, "hvp", "forward"),
             f"one of {', '.join(FINITE_DIFFERENCES)} under {LAUNCHER} "
             "(the written-out backward of a linear chain is first order: no double backward)",
+        ),
+        (
+            getattr(optimizer, "offset", "taylor") in BATCHED_OFFSETS,
+            "optimizer.offset",
+            getattr(optimizer, "offset", "taylor"),
+            f"one of {', '.join(BATCHED_OFFSETS)} under {LAUNCHER} (the carried loss plane is not batched yet)",
         ),
         (
             not getattr(optimizer, "nesterov", False),
@@ -292,6 +300,7 @@ class Population:
             member_hyperparameters(members),
             kernel=lion_kernel(first.optimizer),
             twin=twin_settings(first.optimizer),
+            adaptive_memory=self.adaptive_memory_settings(first.optimizer, decayed),
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -325,6 +334,17 @@ class Population:
         self.forward_shared = partial(self.forward, shared_input=True)
 
     # ------------------------------------------------------------------------------------------
+    def adaptive_memory_settings(self, optimizer_cfg: Any, decayed: dict[str, bool]) -> AdaptiveMemorySettings | None:
+        """am_sgd's settings shared by the population: its scope, whether β_t adapts, and the sizes of the
+        parameter tensors in each column block (decayed, then not), the segments of a per-tensor β_t."""
+        if optimizer_cfg.name != "am_sgd":
+            return None
+        segments = tuple(
+            tuple(size for name, size in zip(self.names, self.sizes) if decayed[name] == in_decayed_block)
+            for in_decayed_block in (True, False)
+        )
+        return AdaptiveMemorySettings(str(optimizer_cfg.scope), bool(optimizer_cfg.adaptive), segments)
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
@@ -404,8 +424,21 @@ class Population:
             optimizer.state.clear()
             for name, state in self.member_optimizer_state(index).items():
                 optimizer.state[parameters[name]] = state
+            if self.optimizer.last_betas is not None:
+                # The member's β_t of this step, reported as its single run's am_sgd reports them
+                # (last_stats: the metrics' geom/am_beta*).
+                optimizer._end_step(beta_stats(list(self.optimizer.last_betas[index])))
             member.last_geometry = member.geometry.compute(step)
             member.logger.log(member.last_geometry, step)  # type: ignore[union-attr]
+
+    def member_beta_stats(self) -> list[dict[str, float]] | None:
+        """Each member's ``beta_mean``, ``beta_min``, ``beta_max`` of the last step (am_sgd's
+        last_stats keys), or None for the other optimizers."""
+        betas = self.optimizer.last_betas
+        if betas is None:
+            return None
+        stats = torch.stack([betas.mean(dim=1), betas.amin(dim=1), betas.amax(dim=1)], dim=1).tolist()
+        return [dict(zip(("beta_mean", "beta_min", "beta_max"), row)) for row in stats]
 
     def member_optimizer_state(self, index: int) -> dict[str, dict[str, Tensor]]:
         """Member ``index``'s optimizer state per parameter name, in its single run's optimizer's
@@ -642,11 +675,15 @@ class Population:
 
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch
+        betas = self.member_beta_stats()
         for index, member in enumerate(self.members):
             if not member.alive:
                 continue
             lr = self.member_lr(index)
-            member.logger.log({"train/batch_loss": batch_losses[index], "lr": lr, "epoch": epoch}, step)  # type: ignore[union-attr]
+            logged = {"train/batch_loss": batch_losses[index], "lr": lr, "epoch": epoch}
+            if betas is not None:  # as the single run logs adaptive memory's β_t at every log step
+                logged.update({f"optim/{key}": value for key, value in betas[index].items()})
+            member.logger.log(logged, step)  # type: ignore[union-attr]
             if not math.isfinite(batch_losses[index]):
                 progress.message(
                     f"member {index} ({member.run_dir}): non-finite training loss ({batch_losses[index]}) "

@@ -1,0 +1,93 @@
+"""Adaptive memory momentum SGD (``am_sgd``) on stacked parameters: each member's β_t is its own.
+
+The math is memexp.optim.am_sgd.AdaptiveMemorySGD's (see its docstring), with the Taylor offset:
+
+    β_t = clip( [(η_{t−1}/η)·⟨g, d⟩ − ⟨d − g, g + ρd⟩/(1 + ρ)] / (‖d − g‖²/(1 + ρ)), 0, β_max )   (0 when d = g)
+    d ← ((β_t + ρ)·d + (1 − β_t)·g)/(1 + ρ),   x ← x − η·d,   d_0 = g_0,
+
+g including the coupled weight decay. Every sum is per member: over all its parameters
+(``scope=global``) or over each parameter tensor (``scope=per_tensor``: the column segments of each
+member's row). ``adaptive=false`` fixes β_t = β_max. The carried offset needs each member's loss
+plane and is refused under the batched launcher (memexp.batched.population.refusal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+ADAPTIVE_MEMORY_HYPERPARAMETERS = {"am_sgd": ("lr", "beta_max", "rho", "weight_decay")}
+BATCHED_OFFSETS = ("taylor",)
+
+
+@dataclass(frozen=True)
+class AdaptiveMemorySettings:
+    """What a population shares: the scope of β_t's sums, whether β_t adapts, and the column segments
+    (one per parameter tensor) of each ``[M, n]`` block, for ``scope=per_tensor``."""
+
+    scope: str = "global"
+    adaptive: bool = True
+    segments: tuple[tuple[int, ...], ...] = ()
+
+
+def segment_sums(block: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """Each member's sum over each column segment of ``block`` ([M, n]) -> [M, len(sizes)]."""
+    return torch.stack([part.sum(dim=1) for part in block.split(list(sizes), dim=1)], dim=1)
+
+
+def am_sgd_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    directions: list[Tensor],
+    decayed: int,
+    h: dict[str, Tensor],
+    first_step: bool,
+    settings: AdaptiveMemorySettings,
+) -> Tensor:
+    """One AM-SGD step of every member on ``[M, n]`` blocks, in place. ``h``: per-member ``[M, 1]``
+    scalars ``weight_decay``, ``rho``, ``beta_max``, ``neg_lr`` and ``lr_ratio`` (η_{t−1}/η, 0 where
+    η = 0). Returns the step's β_t, ``[M, 1]`` (global) or ``[M, tensors]`` (per tensor)."""
+    grads = [g.addcmul(h["weight_decay"], p) if i < decayed else g for i, (p, g) in enumerate(zip(params, grads))]
+    if first_step:
+        for direction, grad in zip(directions, grads):
+            direction.copy_(grad)  # d_0 = g_0
+    rho = h["rho"]
+    per_tensor = settings.scope == "per_tensor"
+    numerators, denominators = [], []
+    for index, (grad, direction) in enumerate(zip(grads, directions)):
+        if grad.shape[1] == 0:
+            continue
+        difference = direction - grad
+        terms = (difference * difference, difference * torch.addcmul(grad, direction, rho), grad * direction)
+        if per_tensor:
+            squared, inner, plane = (segment_sums(t, settings.segments[index]) for t in terms)
+        else:
+            squared, inner, plane = (t.sum(dim=1, keepdim=True) for t in terms)
+        numerators.append(-inner / (1 + rho) + h["lr_ratio"] * plane)
+        denominators.append(squared / (1 + rho))
+    if not settings.adaptive:
+        width = sum(len(s) for s in settings.segments) if per_tensor else 1
+        betas = h["beta_max"].expand(-1, width)
+    else:
+        numerator, denominator = torch.cat(numerators, dim=1), torch.cat(denominators, dim=1)
+        if not per_tensor:
+            numerator, denominator = numerator.sum(dim=1, keepdim=True), denominator.sum(dim=1, keepdim=True)
+        safe = denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
+        clipped = torch.minimum((numerator / safe).clamp_min(0.0), h["beta_max"])
+        betas = torch.where(denominator > 0, clipped, torch.zeros_like(clipped))
+    start = 0
+    for index, (param, grad, direction) in enumerate(zip(params, grads, directions)):
+        if param.shape[1] == 0:  # an empty block (no weight-decayed parameter): nothing to update
+            continue
+        if per_tensor:  # each tensor's β over its columns
+            sizes = torch.tensor(settings.segments[index], device=betas.device)
+            beta = betas[:, start : start + len(sizes)].repeat_interleave(sizes, dim=1)
+            start += len(sizes)
+        else:
+            beta = betas
+        direction.mul_((beta + rho) / (1 + rho))
+        direction.add_(grad * ((1 - beta) / (1 + rho)))
+        param.addcmul_(h["neg_lr"], direction)
+    return betas
