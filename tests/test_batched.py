@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -427,6 +428,32 @@ def test_am_sgd_members_log_their_single_runs_betas(scope: str, compose: Compose
         assert batch_losses(tmp_path / f"member{index}") == pytest.approx(
             batch_losses(tmp_path / f"single{index}"), rel=1e-4
         )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "am_sgd", "sgd_memoryless"])
+def test_a_population_resumed_from_its_checkpoints_ends_as_an_uninterrupted_one(
+    optimizer: str, compose: Compose, tmp_path: Path
+) -> None:
+    """The state beyond the buffers (am_sgd's previous lr, a twin's step count n in its coefficients)
+    is each member's checkpoint: a population that resumes from step 20 ends where one that ran
+    through ends, bit for bit."""
+    torch.set_num_threads(1)
+    overrides = [f"optimizer={optimizer}", "model=mlp", *TRAINER, "trainer.max_steps=40", "trainer.checkpoint_every=20"]
+    configs = [compose([*overrides, *m]) for m in MEMBERS[optimizer][:2]]
+    through = Population([make_member(cfg, tmp_path / "through" / str(i)) for i, cfg in enumerate(configs)])
+    through.train()
+    members = []
+    for index, cfg in enumerate(configs):  # each run dir as it was when step 20's checkpoints were written
+        run_dir = tmp_path / "resumed" / str(index)
+        shutil.copytree(tmp_path / "through" / str(index), run_dir)
+        (run_dir / "checkpoints" / "step_00000040.pt").unlink()
+        members.append(Member(run_cfg=check_config(cfg), run_dir=run_dir, key=rundir.job_key(cfg), cfg=cfg))
+    resumed = Population(members)
+    resumed.train()
+    assert torch.equal(resumed.flat, through.flat)
+    assert resumed.optimizer.steps == through.optimizer.steps == 40
+    for index in range(2):
+        assert batch_losses(tmp_path / "resumed" / str(index)) == batch_losses(tmp_path / "through" / str(index))
 
 
 def test_a_twins_perturbed_pass_replays_the_steps_dropout_masks(compose: Compose, tmp_path: Path) -> None:

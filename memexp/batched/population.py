@@ -480,6 +480,11 @@ class Population:
                 member.batches.load_state_dict(state["data"])  # type: ignore[union-attr]
                 member.alive = bool(state.get("alive", True))
         self.scheduler.load_state_dict(states[0]["scheduler"])
+        # The schedule's factor lives in the unit optimizer's lr, which a scheduler's state does not
+        # hold (a single run's optimizer state does): without this the first step after a resume took
+        # the schedule's initial factor.
+        for group, factor in zip(self._unit.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = factor
         ckpt.set_rng_state(states[0]["rng"])
         return int(states[0]["step"])
 
