@@ -73,8 +73,10 @@ def test_plan_under_the_batched_launcher_names_each_jobs_population_and_its_refu
     assert populations["seed=2 model.hidden_sizes=[32] trainer=quick"] == "1 (alone: a single run)"
     assert populations["seed=0 model.hidden_sizes=[16] trainer=quick"] == "2 (2 jobs)"
     assert "6 jobs in 4 populations of up to 2 (hydra/launcher=batched)" in result.stdout
-    refused = run_memexp("plan", "hydra/launcher=batched", "optimizer=am_sgd", "seed=0,1", cwd=tmp_path)
+    refused = run_memexp(
+        "plan", "hydra/launcher=batched", "optimizer=am_sgd", "optimizer.offset=carried", "seed=0,1", cwd=tmp_path
+    )
     assert refused.returncode == 2
     [line] = refused.stderr.strip().splitlines()
-    assert line.startswith("memexp: error: optimizer.name='am_sgd' is not allowed: one of sgd, adamw, lion")
+    assert line.startswith("memexp: error: optimizer.offset='carried' is not allowed: one of taylor under hydra")
     assert not (tmp_path / "outputs").exists(), "planning must not create anything"

@@ -18,8 +18,8 @@ follows its single run to rounding. The math of each step is its single-run opti
   per-member ``delta``, ``quadratic``): Lion with ∇K(c) for sign(c), the kernel applied by the single
   run's own ``apply_kernel_gradient``. The per-tensor norm kernels (``l2``, ``linf``) would need a
   reduction per member and tensor and are refused (memexp/batched/population.py);
-- ``am_sgd``: memexp.optim.am_sgd.AdaptiveMemorySGD with the Taylor offset, each member's β_t from
-  its own sums (memexp/batched/adaptive_memory.py);
+- ``am_sgd``, ``am_adamw``: memexp.optim.am_sgd.AdaptiveMemorySGD and am_adamw.AdaptiveMemoryAdamW
+  with the Taylor offset, each member's β_t from its own sums (memexp/batched/adaptive_memory.py);
 - the memoryless twins ``sgd_memoryless``, ``adamw_memoryless``, ``lion_memoryless``: their single
   runs' steps, with one Hessian-vector product per member by finite differences
   (memexp/batched/memoryless.py).
@@ -41,6 +41,7 @@ from torch import Tensor
 from memexp.batched.adaptive_memory import (
     ADAPTIVE_MEMORY_HYPERPARAMETERS,
     AdaptiveMemorySettings,
+    am_adamw_step,
     am_sgd_step,
 )
 from memexp.batched.memoryless import (
@@ -73,6 +74,7 @@ STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "adamw": ("exp_avg", "exp_avg_sq"),
     "projected_adam": ("exp_avg", "exp_avg_sq"),
     "am_sgd": ("direction",),
+    "am_adamw": ("direction", "exp_avg_sq"),
     "lion": ("exp_avg",),
     "lion_k": ("exp_avg",),
     **{twin: () for twin in TWIN_STEPS},  # a twin keeps no buffer: its memory is the correction
@@ -143,8 +145,11 @@ def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
     """The per-member scalars (float64, [M]) that neither the scheduled lr nor the step count moves."""
     if name in TWIN_STEPS:
         return {key: hyper[key] for key in ("weight_decay", "eps") if key in hyper}
-    if name == "am_sgd":
-        return {key: hyper[key] for key in ("weight_decay", "rho", "beta_max")}
+    if name in ADAPTIVE_MEMORY_HYPERPARAMETERS:
+        scalars = {key: hyper[key] for key in ("weight_decay", "rho", "beta_max", "beta2", "eps") if key in hyper}
+        if "beta2" in hyper:
+            scalars["one_minus_beta2"] = 1 - hyper["beta2"]
+        return scalars
     if name == "sgd":
         scalars = {"weight_decay": hyper["weight_decay"], "momentum": hyper["momentum"]}
         if bool((hyper["dampening"] != 0).any()):
@@ -211,9 +216,14 @@ class BatchedOptimizer:
         self.name, self.params, self.hyper, self.kernel = name, params, hyper, kernel
         self.twin = twin or TwinSettings()
         self.adaptive_memory = adaptive_memory or AdaptiveMemorySettings()
-        # am_sgd: each member's lr of the previous step (η_{t−1}, float64 [M]) and the last step's β_t.
+        # Adaptive memory: each member's lr of the previous step (η_{t−1}, float64 [M]), the last step's
+        # β_t and (am_adamw) the product of its past β per tensor, the first moment's bias correction.
         self.previous_lr: Tensor | None = None
         self.last_betas: Tensor | None = None
+        self.beta_product: Tensor | None = None
+        if name == "am_adamw":
+            tensors = sum(len(sizes) for sizes in self.adaptive_memory.segments)
+            self.beta_product = torch.ones(len(params[0]), tensors, dtype=params[0].dtype, device=params[0].device)
         self.hyper_values = {key: values.tolist() for key, values in hyper.items()}  # the twins' Python floats
         # Whether any member corrects (needs H·v): the single run of one that does not skips the product.
         self.corrects = (
@@ -247,10 +257,15 @@ class BatchedOptimizer:
             n = self.steps - 1
             scalars = twin_scalars(self.name, self.hyper_values, lr.tolist(), n, self.twin)
             return {**self.constants, **self._cast(scalars)}
-        if self.name == "am_sgd":  # η_{t−1}/η moves with the previous lr too
+        if self.name in ADAPTIVE_MEMORY_HYPERPARAMETERS:  # η_{t−1}/η moves with the previous lr too
             previous = lr if self.previous_lr is None else self.previous_lr
-            ratio = torch.where(lr > 0, previous / torch.where(lr > 0, lr, 1.0), 0.0)
-            return {**self.constants, **self._cast({"neg_lr": -lr, "lr_ratio": ratio})}
+            moving = {"neg_lr": -lr, "lr_ratio": torch.where(lr > 0, previous / torch.where(lr > 0, lr, 1.0), 0.0)}
+            if self.name == "am_adamw":
+                moving.update(
+                    bias_correction2=1 - self.hyper["beta2"] ** self.steps,
+                    decay_factor=1 - lr * self.hyper["weight_decay"],
+                )
+            return {**self.constants, **self._cast(moving)}
         if self.name not in ADAM_STEPS and self._scalars is not None and torch.equal(self._scalars[0], lr):
             return self._scalars[1]
         h = {**self.constants, **self._cast(step_scalars(self.name, self.hyper, lr, self.steps))}
@@ -282,6 +297,13 @@ class BatchedOptimizer:
             first = self.previous_lr is None
             self.last_betas = am_sgd_step(params, grads, buffers[0], decayed, h, first, self.adaptive_memory)
             self.previous_lr = lr.clone()
+        elif self.name == "am_adamw":
+            assert self.beta_product is not None
+            first = self.previous_lr is None
+            self.last_betas = am_adamw_step(
+                params, grads, buffers[0], buffers[1], decayed, h, first, self.beta_product, self.adaptive_memory
+            )
+            self.previous_lr = lr.clone()
         elif self.name == "sgd":
             sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
         elif self.name == "adamw":
@@ -300,6 +322,8 @@ class BatchedOptimizer:
         state = {"steps": self.steps, "buffers": {b: [t[index].clone() for t in s] for b, s in self.state.items()}}
         if self.previous_lr is not None:
             state["previous_lr"] = float(self.previous_lr[index])
+        if self.beta_product is not None:
+            state["beta_product"] = self.beta_product[index].clone()
         return state
 
     def load_member_state(self, index: int, state: dict[str, Any]) -> None:
@@ -308,6 +332,8 @@ class BatchedOptimizer:
             if self.previous_lr is None:
                 self.previous_lr = torch.zeros_like(self.hyper["lr"])
             self.previous_lr[index] = state["previous_lr"]
+        if "beta_product" in state and self.beta_product is not None:  # am_adamw
+            self.beta_product[index] = state["beta_product"]
         for buffer, tensors in state["buffers"].items():
             for target, tensor in zip(self.state[buffer], tensors):
                 target[index].copy_(tensor)

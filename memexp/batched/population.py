@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
-from memexp.batched.adaptive_memory import BATCHED_OFFSETS, AdaptiveMemorySettings
+from memexp.batched.adaptive_memory import ADAPTIVE_MEMORY_HYPERPARAMETERS, BATCHED_OFFSETS, AdaptiveMemorySettings
 from memexp.batched.memoryless import FINITE_DIFFERENCES, TwinSettings
 from memexp.batched.optim import (
     ADAM_STEPS,
@@ -335,9 +335,9 @@ class Population:
 
     # ------------------------------------------------------------------------------------------
     def adaptive_memory_settings(self, optimizer_cfg: Any, decayed: dict[str, bool]) -> AdaptiveMemorySettings | None:
-        """am_sgd's settings shared by the population: its scope, whether β_t adapts, and the sizes of the
+        """Adaptive memory's settings shared by the population: its scope, whether β_t adapts, and the sizes of the
         parameter tensors in each column block (decayed, then not), the segments of a per-tensor β_t."""
-        if optimizer_cfg.name != "am_sgd":
+        if optimizer_cfg.name not in ADAPTIVE_MEMORY_HYPERPARAMETERS:
             return None
         segments = tuple(
             tuple(size for name, size in zip(self.names, self.sizes) if decayed[name] == in_decayed_block)
@@ -447,7 +447,11 @@ class Population:
         also has its ``step``, a float32 tensor as torch keeps it."""
         rows = {b: torch.cat([block[index] for block in blocks]) for b, blocks in self.optimizer.state.items()}
         buffers = {b: self.member_params(0, row.unsqueeze(0)) for b, row in rows.items()}  # the row as a 1-member flat
-        step = {"step": torch.tensor(float(self.optimizer.steps))} if self.optimizer.name in ADAM_STEPS else {}
+        name, steps = self.optimizer.name, self.optimizer.steps
+        # AdamW's step count is a float32 tensor (torch's); the adaptive-memory optimizers keep an int.
+        step: dict[str, Any] = {"step": torch.tensor(float(steps))} if name in ADAM_STEPS else {}
+        if name in ADAPTIVE_MEMORY_HYPERPARAMETERS:
+            step = {"step": steps}
         return {name: {**step, **{b: views[name] for b, views in buffers.items()}} for name in self.names}
 
     def member_state_dict(self, index: int) -> dict[str, Tensor]:
