@@ -25,14 +25,16 @@ ADAPTIVE_MEMORY_HYPERPARAMETERS = {
 BATCHED_OFFSETS = ("taylor",)
 
 
+# The sizes of the parameter tensors in each [M, n] column block: the segments of a per-tensor sum.
+Segments = tuple[tuple[int, ...], ...]
+
+
 @dataclass(frozen=True)
 class AdaptiveMemorySettings:
-    """What a population shares: the scope of β_t's sums, whether β_t adapts, and the column segments
-    (one per parameter tensor) of each ``[M, n]`` block, for ``scope=per_tensor``."""
+    """What a population shares: the scope of β_t's sums and whether β_t adapts."""
 
     scope: str = "global"
     adaptive: bool = True
-    segments: tuple[tuple[int, ...], ...] = ()
 
 
 def segment_sums(block: Tensor, sizes: tuple[int, ...]) -> Tensor:
@@ -48,6 +50,7 @@ def am_sgd_step(
     h: dict[str, Tensor],
     first_step: bool,
     settings: AdaptiveMemorySettings,
+    segments: Segments,
 ) -> Tensor:
     """One AM-SGD step of every member on ``[M, n]`` blocks, in place. ``h``: per-member ``[M, 1]``
     scalars ``weight_decay``, ``rho``, ``beta_max``, ``neg_lr`` and ``lr_ratio`` (η_{t−1}/η, 0 where
@@ -65,13 +68,13 @@ def am_sgd_step(
         difference = direction - grad
         terms = (difference * difference, difference * torch.addcmul(grad, direction, rho), grad * direction)
         if per_tensor:
-            squared, inner, plane = (segment_sums(t, settings.segments[index]) for t in terms)
+            squared, inner, plane = (segment_sums(t, segments[index]) for t in terms)
         else:
             squared, inner, plane = (t.sum(dim=1, keepdim=True) for t in terms)
         numerators.append(-inner / (1 + rho) + h["lr_ratio"] * plane)
         denominators.append(squared / (1 + rho))
     if not settings.adaptive:
-        width = sum(len(s) for s in settings.segments) if per_tensor else 1
+        width = sum(len(s) for s in segments) if per_tensor else 1
         betas = h["beta_max"].expand(-1, width)
     else:
         numerator, denominator = torch.cat(numerators, dim=1), torch.cat(denominators, dim=1)
@@ -85,7 +88,7 @@ def am_sgd_step(
         if param.shape[1] == 0:  # an empty block (no weight-decayed parameter): nothing to update
             continue
         if per_tensor:  # each tensor's β over its columns
-            sizes = torch.tensor(settings.segments[index], device=betas.device)
+            sizes = torch.tensor(segments[index], device=betas.device)
             beta = betas[:, start : start + len(sizes)].repeat_interleave(sizes, dim=1)
             start += len(sizes)
         else:
@@ -111,6 +114,7 @@ def am_adamw_step(
     first_step: bool,
     beta_product: Tensor,
     settings: AdaptiveMemorySettings,
+    segments: Segments,
 ) -> Tensor:
     """One AM-AdamW step of every member on ``[M, n]`` blocks, in place (memexp.optim.am_adamw's
     math, Taylor offset): v ← β2·v + (1 − β2)·g², P = (1 − β_max·Π β)·(√(v/(1 − β2^t)) + ε), β_t from
@@ -118,8 +122,8 @@ def am_adamw_step(
     x ← (1 − ηλ)·x − η·d/P. ``beta_product``: each member's Π of its past β per tensor, ``[M, tensors]``
     (updated here). Returns the step's β_t, ``[M, 1]`` (global) or ``[M, tensors]``."""
     per_tensor = settings.scope == "per_tensor"
-    blocks = [(i, sizes) for i, sizes in enumerate(settings.segments) if sizes]  # skip an empty block
-    starts = [sum(len(s) for s in settings.segments[:i]) for i in range(len(settings.segments))]
+    blocks = [(i, sizes) for i, sizes in enumerate(segments) if sizes]  # skip an empty block
+    starts = [sum(len(s) for s in segments[:i]) for i in range(len(segments))]
     correction = 1 - h["beta_max"] * beta_product  # the first moment's bias correction, per tensor
     preconditioners: dict[int, Tensor] = {}
     for index, sizes in blocks:

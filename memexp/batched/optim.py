@@ -7,17 +7,18 @@ parameter's dtype once, as the single-run optimizers do with their Python floats
 follows its single run to rounding. The math of each step is its single-run optimizer's:
 
 - ``sgd``: torch.optim.SGD (memexp/optim/sgd.py), torch convention ``buf = μ·buf + (1−d)·g`` with
-  ``buf = g`` on the first step, L2 weight decay added to the gradient, Nesterov off;
+  ``buf = g`` on the first step, L2 weight decay added to the gradient, Nesterov's ``g + μ·buf``
+  when ``nesterov``;
 - ``adamw``: torch.optim.AdamW (memexp/optim/adamw.py), decoupled decay ``x ← x·(1 − η·λ)``, bias
-  corrections ``1 − β^t``, ``denom = sqrt(v)/sqrt(1 − β2^t) + ε``;
+  corrections ``1 − β^t``, ``denom = sqrt(v)/sqrt(1 − β2^t) + ε`` (AMSGrad: the running max of v);
 - ``projected_adam``: memexp.optim.projected_adam.ProjectedAdam: AdamW's step without decay, then
   each member's weight-decayed parameters clipped to its box ``|x| ≤ 1/λ`` (no box for λ = 0);
 - ``lion``: memexp.optim.lion.Lion (see its docstring): ``c = β1·m + (1−β1)·g``,
   ``x ← x·(1 − η·λ) − η·sign(c)``, ``m ← β2·m + (1−β2)·g``;
-- ``lion_k``: memexp.optim.lion_k.LionK with an elementwise kernel (``l1``, ``softsign`` with a
-  per-member ``delta``, ``quadratic``): Lion with ∇K(c) for sign(c), the kernel applied by the single
-  run's own ``apply_kernel_gradient``. The per-tensor norm kernels (``l2``, ``linf``) would need a
-  reduction per member and tensor and are refused (memexp/batched/population.py);
+- ``lion_k``: memexp.optim.lion_k.LionK: Lion with ∇K(c) for sign(c); the elementwise kernels
+  (``l1``, ``softsign`` with a per-member ``delta``, ``quadratic``) by the single run's own
+  ``apply_kernel_gradient``, the per-tensor norm kernels (``l2``, ``linf``) per member and tensor
+  (:func:`member_kernel_gradient_`);
 - ``am_sgd``, ``am_adamw``: memexp.optim.am_sgd.AdaptiveMemorySGD and am_adamw.AdaptiveMemoryAdamW
   with the Taylor offset, each member's β_t from its own sums (memexp/batched/adaptive_memory.py);
 - the memoryless twins ``sgd_memoryless``, ``adamw_memoryless``, ``lion_memoryless``: their single
@@ -33,6 +34,7 @@ step and broadcast over every block.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,8 +43,11 @@ from torch import Tensor
 from memexp.batched.adaptive_memory import (
     ADAPTIVE_MEMORY_HYPERPARAMETERS,
     AdaptiveMemorySettings,
+    Segments,
     am_adamw_step,
     am_sgd_step,
+    column_values,
+    segment_sums,
 )
 from memexp.batched.memoryless import (
     TWIN_HYPERPARAMETERS,
@@ -54,7 +59,7 @@ from memexp.batched.memoryless import (
     twin_scalars,
 )
 from memexp.optim.closure_hvp import HessianVectorProducts
-from memexp.optim.lion_k import apply_kernel_gradient
+from memexp.optim.lion_k import LionKernel, apply_kernel_gradient
 
 # Per-member hyperparameters of each batched optimizer (the config keys that may differ inside a
 # population), and the state buffers it keeps per parameter.
@@ -67,8 +72,9 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     **ADAPTIVE_MEMORY_HYPERPARAMETERS,
     **TWIN_HYPERPARAMETERS,
 }
-# lion_k kernels whose gradient ∇K(c) is elementwise (the others reduce per tensor).
+# lion_k kernels whose gradient ∇K(c) is elementwise, and those that reduce per tensor.
 ELEMENTWISE_LION_KERNELS = ("l1", "softsign", "quadratic")
+NORM_LION_KERNELS = ("l2", "linf")
 STATE_BUFFERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum_buffer",),
     "adamw": ("exp_avg", "exp_avg_sq"),
@@ -88,6 +94,7 @@ def sgd_step(
     decayed: int,
     h: dict[str, Tensor],
     first_step: bool,
+    nesterov: bool = False,
 ) -> None:
     for index, (param, grad, buffer) in enumerate(zip(params, grads, buffers)):
         if index < decayed:
@@ -98,7 +105,7 @@ def sgd_step(
             buffer.mul_(h["momentum"]).addcmul_(h["one_minus_dampening"], grad)
         else:  # no member dampens: μ·buf + g in one pass, torch's order of operations (mul, then add)
             torch.addcmul(grad, buffer, h["momentum"], out=buffer)
-        param.addcmul_(h["neg_lr"], buffer)
+        param.addcmul_(h["neg_lr"], grad.addcmul(buffer, h["momentum"]) if nesterov else buffer)
 
 
 def adamw_step(
@@ -108,14 +115,33 @@ def adamw_step(
     exp_avg_sqs: list[Tensor],
     decayed: int,
     h: dict[str, Tensor],
+    max_exp_avg_sqs: list[Tensor] | None = None,
 ) -> None:
+    """``max_exp_avg_sqs``: AMSGrad's running maxima of v (None: AMSGrad off)."""
     for index, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         if index < decayed:
             param.mul_(h["decay_factor"])
         exp_avg.lerp_(grad, h["one_minus_beta1"])
         exp_avg_sq.mul_(h["beta2"]).addcmul_(grad * h["one_minus_beta2"], grad)
-        denom = exp_avg_sq.sqrt().div_(h["bias_correction2_sqrt"]).add_(h["eps"])
+        second = exp_avg_sq
+        if max_exp_avg_sqs is not None:
+            second = torch.maximum(max_exp_avg_sqs[index], exp_avg_sq, out=max_exp_avg_sqs[index])
+        denom = second.sqrt().div_(h["bias_correction2_sqrt"]).add_(h["eps"])
         param.addcmul_(h["neg_step_size"], exp_avg.div(denom))
+
+
+def member_kernel_gradient_(kernel: str, direction: Tensor, sizes: tuple[int, ...]) -> None:
+    """A per-tensor norm kernel's ∇K(c) (memexp.optim.lion_k: ``_l2_tensor``, ``_linf_tensor``) per
+    member and parameter tensor, in place on a ``[M, n]`` block whose tensors span ``sizes`` columns."""
+    if kernel == "l2":  # c/‖c‖, 0 at c = 0
+        norms = segment_sums(direction * direction, sizes).sqrt_()
+        direction.div_(column_values(norms.clamp_min(torch.finfo(direction.dtype).tiny), sizes))
+    else:  # linf: the sign on the argmax coordinates, split evenly between ties; 0 at c = 0
+        magnitude = direction.abs()
+        largest = column_values(torch.stack([part.amax(dim=1) for part in magnitude.split(list(sizes), 1)], 1), sizes)
+        on_argmax = (magnitude == largest) & (largest > 0)
+        count = column_values(segment_sums(on_argmax.to(direction.dtype), sizes).clamp_min(1), sizes)
+        direction.sign_().mul_(on_argmax).div_(count)
 
 
 def lion_k_step(
@@ -125,11 +151,17 @@ def lion_k_step(
     decayed: int,
     h: dict[str, Tensor],
     kernel: str,
+    segments: Segments = (),
 ) -> None:
-    """Lion's and LionK's step, in their order of operations (Lion is kernel l1: sign(c))."""
+    """Lion's and LionK's step, in their order of operations (Lion is kernel l1: sign(c));
+    ``segments``: the blocks' tensor sizes, for a per-tensor norm kernel."""
     for index, (param, grad, momentum) in enumerate(zip(params, grads, momenta)):
         direction = torch.lerp(momentum, grad, h["one_minus_beta1"])
-        apply_kernel_gradient(kernel, [direction], h.get("delta", 0.0), foreach=False)  # type: ignore[arg-type]
+        if kernel in NORM_LION_KERNELS:
+            if segments[index]:
+                member_kernel_gradient_(kernel, direction, segments[index])
+        else:
+            apply_kernel_gradient(kernel, [direction], h.get("delta", 0.0), foreach=False)  # type: ignore[arg-type]
         if index < decayed:
             param.mul_(h["decay_factor"])
         param.addcmul_(h["neg_lr"], direction)
@@ -191,6 +223,40 @@ def clip_grad_norms_(grads: list[Tensor], max_norm: float) -> Tensor:
     return total
 
 
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """The optimizer settings a population shares (config keys that are not batched: jobs that differ
+    in them train in populations of their own), and the population's layout."""
+
+    kernel: str | None = None  # lion_k's
+    nesterov: bool = False  # sgd's
+    amsgrad: bool = False  # adamw's
+    twin: TwinSettings = field(default_factory=TwinSettings)  # a memoryless twin's
+    adaptive_memory: AdaptiveMemorySettings = field(default_factory=AdaptiveMemorySettings)
+    segments: Segments = ()  # the sizes of the parameter tensors in each column block (per-tensor sums)
+
+    @classmethod
+    def of(cls, optimizer_cfg: Any, segments: Segments) -> OptimizerOptions:
+        """The options of a job's optimizer config (keys it does not have keep their defaults)."""
+        kernel = getattr(optimizer_cfg, "kernel", None)
+        twin = TwinSettings(
+            bool(getattr(optimizer_cfg, "correction", True)),
+            str(getattr(optimizer_cfg, "hvp", "forward")),
+            getattr(optimizer_cfg, "hvp_radius", None),
+        )
+        memory = AdaptiveMemorySettings(
+            str(getattr(optimizer_cfg, "scope", "global")), bool(getattr(optimizer_cfg, "adaptive", True))
+        )
+        return cls(
+            kernel=None if kernel is None else LionKernel(kernel).value,
+            nesterov=bool(getattr(optimizer_cfg, "nesterov", False)),
+            amsgrad=bool(getattr(optimizer_cfg, "amsgrad", False)),
+            twin=twin,
+            adaptive_memory=memory,
+            segments=segments,
+        )
+
+
 class BatchedOptimizer:
     """The state and the step of one optimizer for a population whose parameters are the ``[M, n]``
     blocks ``params`` (the first ``decayed`` weight-decayed): ``step(grads, lr)`` updates them in
@@ -202,27 +268,25 @@ class BatchedOptimizer:
         params: list[Tensor],
         decayed: int,
         hyper: dict[str, Tensor],
-        kernel: str | None = None,
-        twin: TwinSettings | None = None,
-        adaptive_memory: AdaptiveMemorySettings | None = None,
+        options: OptimizerOptions | None = None,
     ) -> None:
-        """``kernel``: lion_k's (one of ELEMENTWISE_LION_KERNELS); None for the other optimizers.
-        ``twin``: a memoryless twin's shared settings (correction on or off, the finite difference);
-        ``adaptive_memory``: am_sgd's (scope, adaptive, the blocks' parameter segments)."""
+        """``options``: the settings the members share (lion_k's kernel, Nesterov, AMSGrad, a twin's,
+        adaptive memory's) and the blocks' tensor sizes."""
         if name not in HYPERPARAMETERS:
             raise ValueError(f"no batched optimizer {name!r}")
-        if name == "lion_k" and kernel not in ELEMENTWISE_LION_KERNELS:
-            raise ValueError(f"lion_k kernel {kernel!r} is not elementwise: not batched")
+        self.options = options or OptimizerOptions()
+        kernel, segments = self.options.kernel, self.options.segments
+        if name == "lion_k" and kernel in NORM_LION_KERNELS and len(segments) != len(params):
+            raise ValueError(f"lion_k kernel {kernel!r} reduces per tensor: the options need the blocks' segments")
         self.name, self.params, self.hyper, self.kernel = name, params, hyper, kernel
-        self.twin = twin or TwinSettings()
-        self.adaptive_memory = adaptive_memory or AdaptiveMemorySettings()
+        self.twin, self.adaptive_memory = self.options.twin, self.options.adaptive_memory
         # Adaptive memory: each member's lr of the previous step (η_{t−1}, float64 [M]), the last step's
         # β_t and (am_adamw) the product of its past β per tensor, the first moment's bias correction.
         self.previous_lr: Tensor | None = None
         self.last_betas: Tensor | None = None
         self.beta_product: Tensor | None = None
         if name == "am_adamw":
-            tensors = sum(len(sizes) for sizes in self.adaptive_memory.segments)
+            tensors = sum(len(sizes) for sizes in self.options.segments)
             self.beta_product = torch.ones(len(params[0]), tensors, dtype=params[0].dtype, device=params[0].device)
         self.hyper_values = {key: values.tolist() for key, values in hyper.items()}  # the twins' Python floats
         # Whether any member corrects (needs H·v): the single run of one that does not skips the product.
@@ -239,7 +303,8 @@ class BatchedOptimizer:
         # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
         self.decayed = decayed if bool((hyper["weight_decay"] != 0).any()) else 0
         self.steps = 0
-        self.state = {buffer: [torch.zeros_like(p) for p in params] for buffer in STATE_BUFFERS[name]}
+        self.buffer_names = STATE_BUFFERS[name] + (("max_exp_avg_sq",) if self.options.amsgrad else ())
+        self.state = {buffer: [torch.zeros_like(p) for p in params] for buffer in self.buffer_names}
         self.constants = self._cast(constant_scalars(name, hyper))
         self._scalars: tuple[Tensor, dict[str, Tensor]] | None = None  # (lr, its scalars), see scalars()
 
@@ -282,7 +347,7 @@ class BatchedOptimizer:
         params, decayed = self.params, self.decayed
         h = self.scalars(lr)
         kept = [p[frozen].clone() for p in params] if frozen is not None else []
-        buffers = [self.state[b] for b in STATE_BUFFERS[self.name]]
+        buffers = [self.state[b] for b in self.buffer_names]
         if self.name in TWIN_STEPS:
             hessian_vector = None
             if self.corrects:
@@ -295,25 +360,36 @@ class BatchedOptimizer:
             TWIN_STEPS[self.name](params, grads, decayed, h, hessian_vector)
         elif self.name == "am_sgd":
             first = self.previous_lr is None
-            self.last_betas = am_sgd_step(params, grads, buffers[0], decayed, h, first, self.adaptive_memory)
+            self.last_betas = am_sgd_step(
+                params, grads, buffers[0], decayed, h, first, self.adaptive_memory, self.options.segments
+            )
             self.previous_lr = lr.clone()
         elif self.name == "am_adamw":
             assert self.beta_product is not None
             first = self.previous_lr is None
             self.last_betas = am_adamw_step(
-                params, grads, buffers[0], buffers[1], decayed, h, first, self.beta_product, self.adaptive_memory
+                params,
+                grads,
+                buffers[0],
+                buffers[1],
+                decayed,
+                h,
+                first,
+                self.beta_product,
+                self.adaptive_memory,
+                self.options.segments,
             )
             self.previous_lr = lr.clone()
         elif self.name == "sgd":
-            sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1)
+            sgd_step(params, grads, buffers[0], decayed, h, self.steps == 1, self.options.nesterov)
         elif self.name == "adamw":
-            adamw_step(params, grads, buffers[0], buffers[1], decayed, h)
+            adamw_step(params, grads, buffers[0], buffers[1], decayed, h, buffers[2] if self.options.amsgrad else None)
         elif self.name == "projected_adam":  # Adam with no decay, then the box (on the decayed block)
             adamw_step(params, grads, buffers[0], buffers[1], 0, h)
             for param in params[:decayed]:
                 torch.clamp(param, -h["box_radius"], h["box_radius"], out=param)
         else:  # lion is lion_k with the l1 kernel
-            lion_k_step(params, grads, buffers[0], decayed, h, self.kernel or "l1")
+            lion_k_step(params, grads, buffers[0], decayed, h, self.kernel or "l1", self.options.segments)
         for param, old in zip(params, kept):
             param[frozen] = old
 

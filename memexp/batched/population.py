@@ -40,13 +40,13 @@ from torch import Tensor, nn
 from torch.func import stack_module_state
 
 from memexp import checkpoint as ckpt
-from memexp.batched.adaptive_memory import ADAPTIVE_MEMORY_HYPERPARAMETERS, BATCHED_OFFSETS, AdaptiveMemorySettings
-from memexp.batched.memoryless import FINITE_DIFFERENCES, TwinSettings
+from memexp.batched.adaptive_memory import ADAPTIVE_MEMORY_HYPERPARAMETERS, BATCHED_OFFSETS, Segments
+from memexp.batched.memoryless import FINITE_DIFFERENCES
 from memexp.batched.optim import (
     ADAM_STEPS,
-    ELEMENTWISE_LION_KERNELS,
     HYPERPARAMETERS,
     BatchedOptimizer,
+    OptimizerOptions,
     clip_grad_norms_,
 )
 from memexp.config import Precision, Resume
@@ -61,7 +61,6 @@ from memexp.models.population import ChainPopulationForward, linear_chain_gradie
 from memexp.optim import OPTIMIZERS, param_groups_weight_decay
 from memexp.optim.am_sgd import beta_stats
 from memexp.optim.closure_hvp import RNGSnapshot
-from memexp.optim.lion_k import LionKernel
 from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS, evaluate_members
@@ -71,19 +70,6 @@ OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
 BATCHED_MODELS = ("mlp", "cnn", "vit", "deep_linear", "gpt")
 LAUNCHER = "hydra/launcher=batched"
-
-
-def lion_kernel(optimizer_cfg: Any) -> str | None:
-    """lion_k's kernel name; None for the other optimizers."""
-    kernel = getattr(optimizer_cfg, "kernel", None)
-    return None if kernel is None else LionKernel(kernel).value
-
-
-def twin_settings(optimizer_cfg: Any) -> TwinSettings | None:
-    """A memoryless twin's settings shared by the population (None for the other optimizers)."""
-    if not hasattr(optimizer_cfg, "correction"):
-        return None
-    return TwinSettings(bool(optimizer_cfg.correction), str(optimizer_cfg.hvp), optimizer_cfg.hvp_radius)
 
 
 def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
@@ -97,13 +83,6 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             f"one of {', '.join(HYPERPARAMETERS)} under {LAUNCHER} (the others are not batched yet)",
         ),
         (
-            lion_kernel(optimizer) in (None, *ELEMENTWISE_LION_KERNELS),
-            "optimizer.kernel",
-            lion_kernel(optimizer),
-            f"one of {', '.join(ELEMENTWISE_LION_KERNELS)} under {LAUNCHER} "
-            "(norm kernels reduce per tensor: not batched yet)",
-        ),
-        (
             getattr(optimizer, "hvp", "forward") in FINITE_DIFFERENCES,
             "optimizer.hvp",
             getattr(optimizer, "hvp", "forward"),
@@ -115,18 +94,6 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
             "optimizer.offset",
             getattr(optimizer, "offset", "taylor"),
             f"one of {', '.join(BATCHED_OFFSETS)} under {LAUNCHER} (the carried loss plane is not batched yet)",
-        ),
-        (
-            not getattr(optimizer, "nesterov", False),
-            "optimizer.nesterov",
-            getattr(optimizer, "nesterov", False),
-            f"false under {LAUNCHER} (Nesterov momentum is not batched yet)",
-        ),
-        (
-            not getattr(optimizer, "amsgrad", False),
-            "optimizer.amsgrad",
-            getattr(optimizer, "amsgrad", False),
-            f"false under {LAUNCHER} (AMSGrad is not batched yet)",
         ),
         (
             model.name in BATCHED_MODELS,
@@ -298,9 +265,7 @@ class Population:
             self.blocks(self.flat.detach()),
             1,
             member_hyperparameters(members),
-            kernel=lion_kernel(first.optimizer),
-            twin=twin_settings(first.optimizer),
-            adaptive_memory=self.adaptive_memory_settings(first.optimizer, decayed),
+            OptimizerOptions.of(first.optimizer, self.segments(decayed)),
         )
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
@@ -334,16 +299,13 @@ class Population:
         self.forward_shared = partial(self.forward, shared_input=True)
 
     # ------------------------------------------------------------------------------------------
-    def adaptive_memory_settings(self, optimizer_cfg: Any, decayed: dict[str, bool]) -> AdaptiveMemorySettings | None:
-        """Adaptive memory's settings shared by the population: its scope, whether β_t adapts, and the sizes of the
-        parameter tensors in each column block (decayed, then not), the segments of a per-tensor β_t."""
-        if optimizer_cfg.name not in ADAPTIVE_MEMORY_HYPERPARAMETERS:
-            return None
-        segments = tuple(
+    def segments(self, decayed: dict[str, bool]) -> Segments:
+        """The sizes of the parameter tensors in each column block (decayed, then not): the segments of
+        a per-tensor sum (adaptive memory's per-tensor β_t, lion_k's norm kernels)."""
+        return tuple(
             tuple(size for name, size in zip(self.names, self.sizes) if decayed[name] == in_decayed_block)
             for in_decayed_block in (True, False)
         )
-        return AdaptiveMemorySettings(str(optimizer_cfg.scope), bool(optimizer_cfg.adaptive), segments)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
