@@ -45,6 +45,11 @@ class Progress(Enum):
     off = "off"
 
 
+# The twin's Hessian-vector product (trainer.twin_hvp): memexp.optim.closure_hvp.HVP_METHODS, spelled
+# out here so that the config schemas do not import torch (tests/test_twin.py checks they agree).
+TWIN_HVP_METHODS = ("forward", "central", "double_backward")
+
+
 @dataclass
 class TrainerConfig:
     max_steps: int = 500
@@ -69,6 +74,9 @@ class TrainerConfig:
     # The memoryless-corrected twin of the optimizer trains alongside (memexp/twin.py): twin/* metrics.
     twin: bool = False
     twin_uncorrected: bool = False  # also the plain memoryless copy (correction off): twin/*_uncorrected
+    # The corrected twin's H·v (its optimizer's hvp=): forward (finite difference, the default),
+    # central, or double_backward (exact; on ReLU networks the finite differences are not, docs/optimizers.md).
+    twin_hvp: str = "forward"
 
     def check(self) -> None:
         require(self.max_steps > 0, "max_steps", self.max_steps, "an integer > 0")
@@ -98,6 +106,7 @@ class TrainerConfig:
         require(self.grad_clip >= 0.0, "grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
         require(not self.twin or self.devices == 1, "twin", self.twin, "true only with trainer.devices=1")
         require(self.twin or not self.twin_uncorrected, "twin_uncorrected", True, "true only with trainer.twin=true")
+        require(self.twin_hvp in TWIN_HVP_METHODS, "twin_hvp", self.twin_hvp, f"one of {', '.join(TWIN_HVP_METHODS)}")
 
 
 WANDB_MODES = ("offline", "online", "disabled")
