@@ -132,6 +132,24 @@ def make_member(cfg: DictConfig, run_dir: Path) -> Member:
     return Member(run_cfg=check_config(cfg), run_dir=run_dir, key=rundir.job_key(cfg), cfg=cfg)
 
 
+def trained_runs_and_their_population(configs: list[DictConfig], tmp_path: Path) -> tuple[list, Population]:
+    """Each config trained as a single run (its whole trainer.max_steps), and a population of the same
+    configs whose members hold those runs' trained weights: one step's arithmetic is then compared
+    at realistic weights, free of trajectory chaos."""
+    runs = []
+    for index, cfg in enumerate(configs):
+        run, run_dir = build_run(check_config(cfg)), tmp_path / f"single{index}"
+        run_dir.mkdir()
+        train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
+        runs.append(run)
+    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
+    with torch.no_grad():
+        for index, run in enumerate(runs):
+            for name, param in run.model.named_parameters():
+                population.member_params(index)[name].copy_(param)
+    return runs, population
+
+
 def single_run(cfg: DictConfig, run_dir: Path) -> tuple[list[float], dict]:
     run_dir.mkdir(parents=True)
     run = build_run(check_config(cfg))
@@ -314,17 +332,7 @@ def test_member_gradients_equal_single_run_gradients(model: str, compose: Compos
     single run's loss and gradient on it to float rounding."""
     torch.set_num_threads(1)
     configs = [compose(["optimizer=adamw", *MODELS[model], *TRAINER, f"seed={seed}"]) for seed in range(3)]
-    trained = []
-    for index, cfg in enumerate(configs):
-        run, run_dir = build_run(check_config(cfg)), tmp_path / f"single{index}"
-        run_dir.mkdir()
-        train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
-        trained.append(run)
-    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
-    with torch.no_grad():
-        for index, run in enumerate(trained):
-            for name, param in run.model.named_parameters():
-                population.member_params(index)[name].copy_(param)
+    trained, population = trained_runs_and_their_population(configs, tmp_path)
     batches = [next(run.batches) for run in trained]
     x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
     flat = population.flat.clone().requires_grad_(True)
@@ -384,17 +392,7 @@ def test_a_twin_members_step_is_its_single_runs(twin: str, model: str, compose: 
         compose([f"optimizer={twin}", *MODELS[model], *trainer, f"seed={seed}", *overrides])
         for seed, overrides in enumerate(TWIN_MEMBERS[twin])
     ]
-    runs = []
-    for index, cfg in enumerate(configs):
-        run, run_dir = build_run(check_config(cfg)), tmp_path / f"single{index}"
-        run_dir.mkdir()
-        train(run, run_dir, [LocalLogger(run_dir)], ProgressReporter(run.max_steps, Progress.off))
-        runs.append(run)
-    population = Population([make_member(cfg, tmp_path / f"member{i}") for i, cfg in enumerate(configs)])
-    with torch.no_grad():
-        for index, run in enumerate(runs):
-            for name, param in run.model.named_parameters():
-                population.member_params(index)[name].copy_(param)
+    runs, population = trained_runs_and_their_population(configs, tmp_path)
     population.optimizer.steps = 30  # as if it had trained: n = 30 in the step below
     batches = [next(run.batches) for run in runs]
     x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])

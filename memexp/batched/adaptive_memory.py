@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from memexp.optim.am_sgd import clip_beta
+
 ADAPTIVE_MEMORY_HYPERPARAMETERS = {
     "am_sgd": ("lr", "beta_max", "rho", "weight_decay"),
     "am_adamw": ("lr", "beta_max", "beta2", "eps", "weight_decay", "rho"),
@@ -40,6 +42,20 @@ class AdaptiveMemorySettings:
 def segment_sums(block: Tensor, sizes: tuple[int, ...]) -> Tensor:
     """Each member's sum over each column segment of ``block`` ([M, n]) -> [M, len(sizes)]."""
     return torch.stack([part.sum(dim=1) for part in block.split(list(sizes), dim=1)], dim=1)
+
+
+def member_betas(numerators: list[Tensor], denominators: list[Tensor], per_tensor: bool, beta_max: Tensor) -> Tensor:
+    """β_t from the blocks' sums ([M, tensors in the block] each): per tensor, or over each member's
+    whole model; clipped as the single runs clip (memexp.optim.am_sgd.clip_beta)."""
+    numerator, denominator = torch.cat(numerators, dim=1), torch.cat(denominators, dim=1)
+    if not per_tensor:
+        numerator, denominator = numerator.sum(dim=1, keepdim=True), denominator.sum(dim=1, keepdim=True)
+    return clip_beta(numerator, denominator, beta_max)
+
+
+def column_values(values: Tensor, sizes: tuple[int, ...]) -> Tensor:
+    """A value per member and tensor ([M, len(sizes)]) spread over each tensor's columns ([M, Σ sizes])."""
+    return values.repeat_interleave(torch.tensor(sizes, device=values.device), dim=1)
 
 
 def am_sgd_step(
@@ -77,19 +93,14 @@ def am_sgd_step(
         width = sum(len(s) for s in segments) if per_tensor else 1
         betas = h["beta_max"].expand(-1, width)
     else:
-        numerator, denominator = torch.cat(numerators, dim=1), torch.cat(denominators, dim=1)
-        if not per_tensor:
-            numerator, denominator = numerator.sum(dim=1, keepdim=True), denominator.sum(dim=1, keepdim=True)
-        safe = denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
-        clipped = torch.minimum((numerator / safe).clamp_min(0.0), h["beta_max"])
-        betas = torch.where(denominator > 0, clipped, torch.zeros_like(clipped))
+        betas = member_betas(numerators, denominators, per_tensor, h["beta_max"])
     start = 0
     for index, (param, grad, direction) in enumerate(zip(params, grads, directions)):
         if param.shape[1] == 0:  # an empty block (no weight-decayed parameter): nothing to update
             continue
         if per_tensor:  # each tensor's β over its columns
-            sizes = torch.tensor(segments[index], device=betas.device)
-            beta = betas[:, start : start + len(sizes)].repeat_interleave(sizes, dim=1)
+            sizes = segments[index]
+            beta = column_values(betas[:, start : start + len(sizes)], sizes)
             start += len(sizes)
         else:
             beta = betas
@@ -97,11 +108,6 @@ def am_sgd_step(
         direction.add_(grad * ((1 - beta) / (1 + rho)))
         param.addcmul_(h["neg_lr"], direction)
     return betas
-
-
-def column_values(values: Tensor, sizes: tuple[int, ...]) -> Tensor:
-    """A value per member and tensor ([M, len(sizes)]) spread over each tensor's columns ([M, Σ sizes])."""
-    return values.repeat_interleave(torch.tensor(sizes, device=values.device), dim=1)
 
 
 def am_adamw_step(
@@ -152,12 +158,7 @@ def am_adamw_step(
                 numerator = numerator - h["weight_decay"] * sums[3]
             numerators.append(numerator)
             denominators.append(sums[0])
-        numerator, denominator = torch.cat(numerators, dim=1), torch.cat(denominators, dim=1)
-        if not per_tensor:
-            numerator, denominator = numerator.sum(dim=1, keepdim=True), denominator.sum(dim=1, keepdim=True)
-        safe = denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
-        clipped = torch.minimum((numerator / safe).clamp_min(0.0), h["beta_max"])
-        betas = torch.where(denominator > 0, clipped, torch.zeros_like(clipped))
+        betas = member_betas(numerators, denominators, per_tensor, h["beta_max"])
     for index, sizes in blocks:
         param, grad, direction, precond = params[index], grads[index], directions[index], preconditioners[index]
         beta = column_values(betas[:, starts[index] : starts[index] + len(sizes)], sizes) if per_tensor else betas

@@ -49,6 +49,12 @@ class TwinSettings:
     hvp_radius: float | None = None
 
 
+def member_corrects(name: str, settings: TwinSettings, correction_scale: float, momentum: float) -> bool:
+    """Whether a member's twin applies its correction: its single run's ``_group_corrects``
+    (correction on, a nonzero scale, and for the heavy-ball twin a nonzero momentum)."""
+    return settings.correction and correction_scale != 0 and (name != "sgd_memoryless" or momentum > 0)
+
+
 def member_norms(blocks: list[Tensor]) -> Tensor:
     """Each member's Euclidean norm over all its columns, [M], from ``[M, n]`` blocks."""
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(b, dim=1) for b in blocks], 1), dim=1)
@@ -82,13 +88,17 @@ def twin_scalars(
     computes them in Python floats. A member that does not correct (``correction_scale`` 0, or SGD
     without momentum) gets a correction coefficient of 0: its update is its plain memoryless one."""
     members = range(len(lr))
-    scales = [s if settings.correction else 0.0 for s in hyper["correction_scale"]]
+    momenta = hyper.get("momentum", [0.0] * len(lr))
+    scales = [
+        s if member_corrects(name, settings, s, momentum) else 0.0
+        for s, momentum in zip(hyper["correction_scale"], momenta)
+    ]
     columns: dict[str, list[float]] = {}
     if name == "sgd_memoryless":
         for m in members:
             h, beta, decay = lr[m], hyper["momentum"][m], hyper["weight_decay"][m]
             s_n, c_n = heavy_ball_coefficients(beta, n)
-            correction_factor = h * scales[m] * c_n if beta > 0 else 0.0
+            correction_factor = h * scales[m] * c_n
             columns.setdefault("neg_lr_plain_decayed", []).append(-h * (s_n + correction_factor * decay))
             columns.setdefault("neg_lr_plain", []).append(-h * s_n)
             columns.setdefault("neg_lr_correction", []).append(-h * correction_factor)

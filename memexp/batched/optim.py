@@ -54,6 +54,7 @@ from memexp.batched.memoryless import (
     TWIN_STEPS,
     GradientAt,
     TwinSettings,
+    member_corrects,
     member_hessian_vector_products,
     member_norms,
     twin_scalars,
@@ -197,10 +198,23 @@ def constant_scalars(name: str, hyper: dict[str, Tensor]) -> dict[str, Tensor]:
     return scalars
 
 
-def step_scalars(name: str, hyper: dict[str, Tensor], lr: Tensor, step: int) -> dict[str, Tensor]:
-    """This step's per-member scalars in float64 ([M]) that the scheduled lr and the step count move:
-    with :func:`constant_scalars`, what the single-run optimizer computes in Python floats."""
-    if name in ("sgd", "am_sgd"):
+# The optimizers whose per-step scalars depend on the lr alone: reused while it stays the same.
+LR_ONLY_SCALARS = ("sgd", "lion", "lion_k")
+
+
+def step_scalars(
+    name: str, hyper: dict[str, Tensor], lr: Tensor, step: int, previous_lr: Tensor | None = None
+) -> dict[str, Tensor]:
+    """This step's per-member scalars in float64 ([M]) that the scheduled lr and the step count move
+    (adaptive memory's also the previous step's lr, ``previous_lr``; None on the first step): with
+    :func:`constant_scalars`, what the single-run optimizer computes in Python floats."""
+    if name in ADAPTIVE_MEMORY_HYPERPARAMETERS:  # η_{t−1}/η, 0 where η = 0
+        previous = lr if previous_lr is None else previous_lr
+        scalars = {"neg_lr": -lr, "lr_ratio": torch.where(lr > 0, previous / torch.where(lr > 0, lr, 1.0), 0.0)}
+        if name == "am_adamw":
+            scalars.update(bias_correction2=1 - hyper["beta2"] ** step, decay_factor=1 - lr * hyper["weight_decay"])
+        return scalars
+    if name == "sgd":
         return {"neg_lr": -lr}
     scalars = {"decay_factor": 1 - lr * hyper["weight_decay"]}
     if name in ("lion", "lion_k"):
@@ -278,8 +292,7 @@ class BatchedOptimizer:
         kernel, segments = self.options.kernel, self.options.segments
         if name == "lion_k" and kernel in NORM_LION_KERNELS and len(segments) != len(params):
             raise ValueError(f"lion_k kernel {kernel!r} reduces per tensor: the options need the blocks' segments")
-        self.name, self.params, self.hyper, self.kernel = name, params, hyper, kernel
-        self.twin, self.adaptive_memory = self.options.twin, self.options.adaptive_memory
+        self.name, self.params, self.hyper = name, params, hyper
         # Adaptive memory: each member's lr of the previous step (η_{t−1}, float64 [M]), the last step's
         # β_t and (am_adamw) the product of its past β per tensor, the first moment's bias correction.
         self.previous_lr: Tensor | None = None
@@ -290,14 +303,10 @@ class BatchedOptimizer:
             self.beta_product = torch.ones(len(params[0]), tensors, dtype=params[0].dtype, device=params[0].device)
         self.hyper_values = {key: values.tolist() for key, values in hyper.items()}  # the twins' Python floats
         # Whether any member corrects (needs H·v): the single run of one that does not skips the product.
-        self.corrects = (
-            name in TWIN_STEPS
-            and self.twin.correction
-            and any(
-                scale != 0 and (name != "sgd_memoryless" or momentum > 0)
-                for scale, momentum in zip(
-                    self.hyper_values["correction_scale"], self.hyper_values.get("momentum", [1.0] * len(params[0]))
-                )
+        self.corrects = name in TWIN_STEPS and any(
+            member_corrects(name, self.options.twin, scale, momentum)
+            for scale, momentum in zip(
+                self.hyper_values["correction_scale"], self.hyper_values.get("momentum", [0.0] * len(params[0]))
             )
         )
         # No member decays: skip the decay pass (exact: the single run skips it for λ = 0 too).
@@ -320,20 +329,12 @@ class BatchedOptimizer:
         step count n (its single run's, before this step: 0 on the first)."""
         if self.name in TWIN_STEPS:
             n = self.steps - 1
-            scalars = twin_scalars(self.name, self.hyper_values, lr.tolist(), n, self.twin)
+            scalars = twin_scalars(self.name, self.hyper_values, lr.tolist(), n, self.options.twin)
             return {**self.constants, **self._cast(scalars)}
-        if self.name in ADAPTIVE_MEMORY_HYPERPARAMETERS:  # η_{t−1}/η moves with the previous lr too
-            previous = lr if self.previous_lr is None else self.previous_lr
-            moving = {"neg_lr": -lr, "lr_ratio": torch.where(lr > 0, previous / torch.where(lr > 0, lr, 1.0), 0.0)}
-            if self.name == "am_adamw":
-                moving.update(
-                    bias_correction2=1 - self.hyper["beta2"] ** self.steps,
-                    decay_factor=1 - lr * self.hyper["weight_decay"],
-                )
-            return {**self.constants, **self._cast(moving)}
-        if self.name not in ADAM_STEPS and self._scalars is not None and torch.equal(self._scalars[0], lr):
+        if self.name in LR_ONLY_SCALARS and self._scalars is not None and torch.equal(self._scalars[0], lr):
             return self._scalars[1]
-        h = {**self.constants, **self._cast(step_scalars(self.name, self.hyper, lr, self.steps))}
+        moving = step_scalars(self.name, self.hyper, lr, self.steps, self.previous_lr)
+        h = {**self.constants, **self._cast(moving)}
         self._scalars = (lr.clone(), h)
         return h
 
@@ -355,13 +356,13 @@ class BatchedOptimizer:
                     raise ValueError(f"{self.name}'s step needs gradient_at (its Hessian-vector product)")
 
                 def hessian_vector(vectors: list[Tensor]) -> HessianVectorProducts:
-                    return member_hessian_vector_products(params, vectors, grads, gradient_at, self.twin)
+                    return member_hessian_vector_products(params, vectors, grads, gradient_at, self.options.twin)
 
             TWIN_STEPS[self.name](params, grads, decayed, h, hessian_vector)
         elif self.name == "am_sgd":
             first = self.previous_lr is None
             self.last_betas = am_sgd_step(
-                params, grads, buffers[0], decayed, h, first, self.adaptive_memory, self.options.segments
+                params, grads, buffers[0], decayed, h, first, self.options.adaptive_memory, self.options.segments
             )
             self.previous_lr = lr.clone()
         elif self.name == "am_adamw":
@@ -376,7 +377,7 @@ class BatchedOptimizer:
                 h,
                 first,
                 self.beta_product,
-                self.adaptive_memory,
+                self.options.adaptive_memory,
                 self.options.segments,
             )
             self.previous_lr = lr.clone()
@@ -389,7 +390,7 @@ class BatchedOptimizer:
             for param in params[:decayed]:
                 torch.clamp(param, -h["box_radius"], h["box_radius"], out=param)
         else:  # lion is lion_k with the l1 kernel
-            lion_k_step(params, grads, buffers[0], decayed, h, self.kernel or "l1", self.options.segments)
+            lion_k_step(params, grads, buffers[0], decayed, h, self.options.kernel or "l1", self.options.segments)
         for param, old in zip(params, kept):
             param[frozen] = old
 

@@ -238,18 +238,12 @@ class Population:
         # (leaves of its graph, made once), and its gradients are copied into the rows of one [M, N]
         # gradient: 0.09-0.16 ms a step less on the MLP than a graph through a split of the flat
         # tensor, whose backward concatenates the gradients.
-        self.pass_params = [
-            {name: p.requires_grad_(True) for name, p in self.stacked_params(self.flat[rows]).items()}
-            for rows in self.passes
-        ]
         self.gradient = torch.empty_like(self.flat)
-        self.pass_gradients = [self.stacked_params(self.gradient[rows]) for rows in self.passes]
+        self.pass_params, self.pass_gradients = self.pass_views(self.flat, self.gradient)
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
         self.gradient_blocks = self.blocks(self.gradient)
         # A twin's perturbed weights and their gradients, per finite-difference slot (see gradient_at).
-        self.perturbed: dict[
-            int, tuple[list[Tensor], list[dict[str, Tensor]], list[Tensor], list[dict[str, Tensor]]]
-        ] = {}
+        self.perturbed: dict[int, tuple[Tensor, Tensor]] = {}
         # Tied weights (the GPT's embedding and head) are stacked once, under the first name; a checkpoint
         # lists every name, as the single run's state_dict does.
         canonical = {id(p): name for name, p in models[0].named_parameters()}
@@ -319,6 +313,16 @@ class Population:
     def blocks(self, flat: Tensor) -> list[Tensor]:
         """``flat`` ([M, N]: parameters or gradients) as its two column blocks, weight-decayed then not."""
         return list(flat.split([self.decayed_columns, flat.shape[1] - self.decayed_columns], dim=1))
+
+    def pass_views(self, flat: Tensor, gradient: Tensor) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+        """Per pass of members, its parameters as views of ``flat``'s rows (leaves that require grad:
+        what the autograd path differentiates with respect to) and its gradients as views of
+        ``gradient``'s rows (where the pass writes them)."""
+        params = [
+            {name: p.requires_grad_(True) for name, p in self.stacked_params(flat[rows]).items()}
+            for rows in self.passes
+        ]
+        return params, [self.stacked_params(gradient[rows]) for rows in self.passes]
 
     def stacked_params(self, flat: Tensor) -> dict[str, Tensor]:
         """Every parameter as a [rows, ...] view of ``flat`` (rows of the flat tensor; differentiable:
@@ -410,9 +414,10 @@ class Population:
         rows = {b: torch.cat([block[index] for block in blocks]) for b, blocks in self.optimizer.state.items()}
         buffers = {b: self.member_params(0, row.unsqueeze(0)) for b, row in rows.items()}  # the row as a 1-member flat
         name, steps = self.optimizer.name, self.optimizer.steps
-        # AdamW's step count is a float32 tensor (torch's); the adaptive-memory optimizers keep an int.
-        step: dict[str, Any] = {"step": torch.tensor(float(steps))} if name in ADAM_STEPS else {}
-        if name in ADAPTIVE_MEMORY_HYPERPARAMETERS:
+        step: dict[str, Any] = {}
+        if name in ADAM_STEPS:  # a float32 tensor, as torch's Adam keeps it
+            step = {"step": torch.tensor(float(steps))}
+        elif name in ADAPTIVE_MEMORY_HYPERPARAMETERS:  # an int, as memexp's adaptive-memory optimizers keep it
             step = {"step": steps}
         return {name: {**step, **{b: views[name] for b, views in buffers.items()}} for name in self.names}
 
@@ -607,19 +612,12 @@ class Population:
         in the column blocks of gradient buffer ``slot``. The perturbed weights and the gradients live in
         buffers made on the first call (no 3 fresh [M, N] tensors a step)."""
         if slot not in self.perturbed:
-            perturbed, gradient = torch.empty_like(self.flat), torch.empty_like(self.flat)
-            self.perturbed[slot] = (
-                self.blocks(perturbed),
-                [
-                    {name: p.requires_grad_(True) for name, p in self.stacked_params(perturbed[rows]).items()}
-                    for rows in self.passes
-                ],
-                self.blocks(gradient),
-                [self.stacked_params(gradient[rows]) for rows in self.passes],
-            )
-        weights, pass_params, gradient_blocks, pass_gradients = self.perturbed[slot]
+            self.perturbed[slot] = (torch.empty_like(self.flat), torch.empty_like(self.flat))
+        perturbed, gradient = self.perturbed[slot]
+        pass_params, pass_gradients = self.pass_views(perturbed, gradient)
+        gradient_blocks = self.blocks(gradient)
         with torch.no_grad():
-            for weight, param, vector in zip(weights, self.optimizer.params, vectors):
+            for weight, param, vector in zip(self.blocks(perturbed), self.optimizer.params, vectors):
                 torch.addcmul(param, vector, scale, out=weight)
         after = RNGSnapshot([self.flat])
         replay.restore()

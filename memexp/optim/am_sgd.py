@@ -65,10 +65,12 @@ def check_am_args(
     check_argument(offset == "taylor" or scope == "global", "offset", offset, "taylor when scope=per_tensor")
 
 
-def clip_beta(numerator: Tensor, denominator: Tensor, beta_max: float) -> Tensor:
-    """clip(num/den, 0, β_max), and 0 where den = 0 (then d = g and β does not matter)."""
+def clip_beta(numerator: Tensor, denominator: Tensor, beta_max: float | Tensor) -> Tensor:
+    """clip(num/den, 0, β_max), and 0 where den = 0 (then d = g and β does not matter). ``beta_max``
+    may be a tensor that broadcasts (one per member of a population: memexp.batched.adaptive_memory)."""
     safe = denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
-    return torch.where(denominator > 0, (numerator / safe).clamp(0.0, beta_max), torch.zeros_like(numerator))
+    clipped = (numerator / safe).clamp_min(0.0).clamp_max(beta_max)
+    return torch.where(denominator > 0, clipped, torch.zeros_like(numerator))
 
 
 def beta_stats(betas: list[Tensor]) -> dict[str, Any]:
