@@ -55,6 +55,19 @@ TWIN_ASSUMES: dict[str, dict[str, Any]] = {
 }
 
 
+# Each twin copy's name in a checkpoint, by its metrics' suffix.
+TWIN_STATE_NAMES = {"": "corrected", "_uncorrected": "_uncorrected"}
+
+
+def check_twin_state(state: dict[str, Any] | None, names: list[str]) -> None:
+    """A checkpoint's twin state holds every copy ``names`` this run asks for, or a one-line error."""
+    if state is None or not set(names) <= set(state):
+        raise MemexpError(
+            "the checkpoint has no state for the twins this run asks for (trainer.twin / "
+            "trainer.twin_uncorrected were off when it was written): resume with the same settings"
+        )
+
+
 def twin_config(optimizer_cfg: Any, correction: bool, hvp: str = "forward") -> Any:
     """The twin's config: the original's hyperparameters with the same names (the twins use their
     original's conventions: torch SGD's undampened buffer with lr h and momentum β, AdamW's and Lion's
@@ -177,7 +190,7 @@ class Twin:
     def state_dict(self) -> dict[str, Any]:
         """The twins' weights and optimizer states, for the run's checkpoint (resume stays exact)."""
         return {
-            twin.suffix or "corrected": {
+            TWIN_STATE_NAMES[twin.suffix]: {
                 "model": twin.model.state_dict(),
                 "optimizer": twin.optimizer.state_dict(),
                 "diverged": twin.diverged,
@@ -186,12 +199,9 @@ class Twin:
         }
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
-        names = [twin.suffix or "corrected" for twin in self.copies]
-        if state is None or not set(names) <= set(state):
-            raise MemexpError(
-                "the checkpoint has no state for the twins this run asks for (trainer.twin / "
-                "trainer.twin_uncorrected were off when it was written): resume with the same settings"
-            )
+        names = [TWIN_STATE_NAMES[twin.suffix] for twin in self.copies]
+        check_twin_state(state, names)
+        assert state is not None
         for name, twin in zip(names, self.copies):
             twin.model.load_state_dict(state[name]["model"])
             twin.optimizer.load_state_dict(state[name]["optimizer"])

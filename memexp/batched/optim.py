@@ -271,6 +271,15 @@ class OptimizerOptions:
         )
 
 
+def member_hyperparameters(optimizer_cfgs: list[Any]) -> dict[str, Tensor]:
+    """A batched optimizer's per-member hyperparameters, float64 [M], from the members' optimizer configs."""
+    name = optimizer_cfgs[0].name
+    return {
+        key: torch.tensor([float(getattr(cfg, key)) for cfg in optimizer_cfgs], dtype=torch.float64)
+        for key in HYPERPARAMETERS[name]
+    }
+
+
 class BatchedOptimizer:
     """The state and the step of one optimizer for a population whose parameters are the ``[M, n]``
     blocks ``params`` (the first ``decayed`` weight-decayed): ``step(grads, lr)`` updates them in

@@ -48,7 +48,9 @@ from memexp.batched.optim import (
     BatchedOptimizer,
     OptimizerOptions,
     clip_grad_norms_,
+    member_hyperparameters,
 )
+from memexp.batched.twin import PopulationTwins
 from memexp.config import Precision, Resume
 from memexp.data import DATASETS, BatchIterator
 from memexp.data.base import MemberBatches
@@ -65,6 +67,7 @@ from memexp.schedules import build_scheduler
 from memexp.signals import GracefulStop, Interrupted
 from memexp.tasks import TASKS, evaluate_members
 from memexp.train import RunConfig, gap_metrics, resolve_device
+from memexp.twin import twin_config
 
 OPTIMIZER_STATE_KEY = "population_optimizer"
 # Models whose forward is a pure function of their parameters (no buffers updated in training).
@@ -109,11 +112,11 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
         ),
         (trainer.devices == 1, "trainer.devices", trainer.devices, f"1 under {LAUNCHER} (one process per population)"),
         (
-            not trainer.twin,
-            "trainer.twin",
-            trainer.twin,
-            f"false under {LAUNCHER} (the twin trained alongside is not batched yet; "
-            "optimizer=<name>_memoryless trains the twins themselves)",
+            not trainer.twin or trainer.twin_hvp in FINITE_DIFFERENCES,
+            "trainer.twin_hvp",
+            trainer.twin_hvp,
+            f"one of {', '.join(FINITE_DIFFERENCES)} under {LAUNCHER} "
+            "(the written-out backward of a linear chain is first order: no double backward)",
         ),
         (
             not trainer.compile,
@@ -131,6 +134,11 @@ def refusal(run_cfg: RunConfig) -> ConfigValueError | None:
     for ok, key, value, allowed in checks:
         if not ok:
             return ConfigValueError(key, value, allowed)
+    if trainer.twin:
+        try:  # the twin's own checks (an optimizer with a twin, the settings its derivation assumes)
+            twin_config(optimizer, True, trainer.twin_hvp)
+        except ConfigValueError as error:
+            return error
     return None
 
 
@@ -148,16 +156,22 @@ class Member:
     checkpoints: ckpt.CheckpointManager | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
     last_geometry: dict[str, float] = field(default_factory=dict)
+    last_twin: dict[str, float] = field(default_factory=dict)  # twin/* at the last log step (trainer.twin)
     geometry: GeometryProbe | None = None  # its geom/* metrics (metrics.every > 0), on the population's scratch model
     alive: bool = True
 
 
-def member_hyperparameters(members: list[Member]) -> dict[str, Tensor]:
-    name = members[0].run_cfg.optimizer.name
-    return {
-        key: torch.tensor([float(getattr(m.run_cfg.optimizer, key)) for m in members], dtype=torch.float64)
-        for key in HYPERPARAMETERS[name]
-    }
+@dataclass
+class StepBuffers:
+    """Where a step of a population's weights (``[M, N]``, a row per member) writes: its gradient, as
+    views per pass of members (by parameter name) and as the optimizer's column blocks, and a twin's
+    finite-difference buffers (perturbed weights and their gradients, per slot; see gradient_at)."""
+
+    gradient: Tensor
+    pass_params: list[dict[str, Tensor]]
+    pass_gradients: list[dict[str, Tensor]]
+    gradient_blocks: list[Tensor]
+    perturbed: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 def decayed_parameters(model: nn.Module, no_decay: list[str]) -> dict[str, bool]:
@@ -238,12 +252,8 @@ class Population:
         # (leaves of its graph, made once), and its gradients are copied into the rows of one [M, N]
         # gradient: 0.09-0.16 ms a step less on the MLP than a graph through a split of the flat
         # tensor, whose backward concatenates the gradients.
-        self.gradient = torch.empty_like(self.flat)
-        self.pass_params, self.pass_gradients = self.pass_views(self.flat, self.gradient)
         self.decayed_columns = sum(size for name, size in zip(self.names, self.sizes) if decayed[name])
-        self.gradient_blocks = self.blocks(self.gradient)
-        # A twin's perturbed weights and their gradients, per finite-difference slot (see gradient_at).
-        self.perturbed: dict[int, tuple[Tensor, Tensor]] = {}
+        self.buffers = self.step_buffers(self.flat)
         # Tied weights (the GPT's embedding and head) are stacked once, under the first name; a checkpoint
         # lists every name, as the single run's state_dict does.
         canonical = {id(p): name for name, p in models[0].named_parameters()}
@@ -258,9 +268,11 @@ class Population:
             first.optimizer.name,
             self.blocks(self.flat.detach()),
             1,
-            member_hyperparameters(members),
+            member_hyperparameters([m.run_cfg.optimizer for m in members]),
             OptimizerOptions.of(first.optimizer, self.segments(decayed)),
         )
+        # trainer.twin: each member's memoryless twins, trained in lockstep as populations of their own.
+        self.twins = PopulationTwins(self, decayed) if first.trainer.twin else None
         self.base_lr = self.optimizer.hyper["lr"]
         steps_per_epoch = members[0].batches.steps_per_epoch  # type: ignore[union-attr]
         self.max_steps = self.trainer.epochs * steps_per_epoch if self.trainer.epochs else self.trainer.max_steps
@@ -313,6 +325,12 @@ class Population:
     def blocks(self, flat: Tensor) -> list[Tensor]:
         """``flat`` ([M, N]: parameters or gradients) as its two column blocks, weight-decayed then not."""
         return list(flat.split([self.decayed_columns, flat.shape[1] - self.decayed_columns], dim=1))
+
+    def step_buffers(self, flat: Tensor) -> StepBuffers:
+        """Fresh StepBuffers for weights ``flat`` ([M, N])."""
+        gradient = torch.empty_like(flat)
+        pass_params, pass_gradients = self.pass_views(flat, gradient)
+        return StepBuffers(gradient, pass_params, pass_gradients, self.blocks(gradient))
 
     def pass_views(self, flat: Tensor, gradient: Tensor) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
         """Per pass of members, its parameters as views of ``flat``'s rows (leaves that require grad:
@@ -421,10 +439,10 @@ class Population:
             step = {"step": steps}
         return {name: {**step, **{b: views[name] for b, views in buffers.items()}} for name in self.names}
 
-    def member_state_dict(self, index: int) -> dict[str, Tensor]:
-        """Member ``index``'s weights as its single run's ``model.state_dict()`` (tied names share one
-        tensor, as there)."""
-        weights = {name: p.detach().clone() for name, p in self.member_params(index).items()}
+    def member_state_dict(self, index: int, flat: Tensor | None = None) -> dict[str, Tensor]:
+        """Member ``index``'s weights (of ``flat``: a twin's; default the population's own) as its single
+        run's ``model.state_dict()`` (tied names share one tensor, as there)."""
+        weights = {name: p.detach().clone() for name, p in self.member_params(index, flat).items()}
         return {**weights, **{alias: weights[name] for alias, name in self.tied.items()}}
 
     def member_state(self, index: int, step: int, wall_time_s: float) -> dict[str, Any]:
@@ -439,6 +457,7 @@ class Population:
             "rng": ckpt.rng_state(),
             "alive": member.alive,
             "population": [m.key for m in self.members],
+            **({"twin": self.twins.member_state(index)} if self.twins is not None else {}),
         }
 
     def restore(self, states: list[dict[str, Any]]) -> int:
@@ -450,6 +469,8 @@ class Population:
                 self.optimizer.load_member_state(index, state[OPTIMIZER_STATE_KEY])
                 member.batches.load_state_dict(state["data"])  # type: ignore[union-attr]
                 member.alive = bool(state.get("alive", True))
+                if self.twins is not None:
+                    self.twins.load_member_state(index, state.get("twin"))
         self.scheduler.load_state_dict(states[0]["scheduler"])
         # The schedule's factor lives in the unit optimizer's lr, which a scheduler's state does not
         # hold (a single run's optimizer state does): without this the first step after a resume took
@@ -575,15 +596,38 @@ class Population:
         return self.step_on(*next(self.batches))
 
     def step_on(self, x: Tensor, y: Tensor) -> Tensor:
-        """One update of every member on its batch (``x[m], y[m]``); returns the batch losses, [M]."""
+        """One update of every member on its batch (``x[m], y[m]``), then of their twins (trainer.twin)
+        on the same batches; returns the members' batch losses, [M]."""
+        lr = self.base_lr * self.lr_factor()
+        frozen = [i for i, m in enumerate(self.members) if not m.alive]
+        before = RNGSnapshot([self.flat]) if self.twins is not None else None
+        losses = self.update(self.flat, self.optimizer, self.buffers, x, y, lr, frozen)
+        if self.twins is not None:
+            assert before is not None
+            self.twins.step_alongside(x, y, lr, frozen, before)
+        return losses
+
+    def update(
+        self,
+        flat: Tensor,
+        optimizer: BatchedOptimizer,
+        buffers: StepBuffers,
+        x: Tensor,
+        y: Tensor,
+        lr: Tensor,
+        frozen: list[int],
+    ) -> Tensor:
+        """One step of the weights ``flat`` ([M, N]; the population's own or a twin's) by ``optimizer``
+        on the batches ``x, y`` at the members' ``lr``, the rows ``frozen`` kept; returns the batch losses, [M]."""
         # A twin's H·v takes the gradients again at perturbed weights: the same dropout masks (the
         # generator rewound, as the single run's closure_hvp does), and the stream left as after one pass.
-        replay = RNGSnapshot([self.flat]) if self.optimizer.corrects else None
-        losses = self.gradients_into(self.pass_params, self.pass_gradients, self.gradient_blocks, x, y)
-        frozen = [i for i, m in enumerate(self.members) if not m.alive]
+        replay = RNGSnapshot([flat]) if optimizer.corrects else None
+        losses = self.gradients_into(buffers.pass_params, buffers.pass_gradients, buffers.gradient_blocks, x, y)
         frozen_rows = torch.tensor(frozen, dtype=torch.long) if frozen else None
-        gradient_at = None if replay is None else partial(self.gradient_at, x=x, y=y, replay=replay)
-        self.optimizer.step(self.gradient_blocks, self.base_lr * self.lr_factor(), frozen_rows, gradient_at)
+        gradient_at = None
+        if replay is not None:
+            gradient_at = partial(self.gradient_at, params=optimizer.params, buffers=buffers, x=x, y=y, replay=replay)
+        optimizer.step(buffers.gradient_blocks, lr, frozen_rows, gradient_at)
         return losses
 
     def gradients_into(
@@ -606,18 +650,26 @@ class Population:
         return losses[0] if len(losses) == 1 else torch.cat(losses)  # one pass: no copy (16 µs of a 1.2 ms step)
 
     def gradient_at(
-        self, vectors: list[Tensor], scale: Tensor, slot: int, x: Tensor, y: Tensor, replay: RNGSnapshot
+        self,
+        vectors: list[Tensor],
+        scale: Tensor,
+        slot: int,
+        params: list[Tensor],
+        buffers: StepBuffers,
+        x: Tensor,
+        y: Tensor,
+        replay: RNGSnapshot,
     ) -> list[Tensor]:
-        """Every member's gradients on the batch ``x, y`` at θ + scale·v (memexp.batched.memoryless.GradientAt),
-        in the column blocks of gradient buffer ``slot``. The perturbed weights and the gradients live in
-        buffers made on the first call (no 3 fresh [M, N] tensors a step)."""
-        if slot not in self.perturbed:
-            self.perturbed[slot] = (torch.empty_like(self.flat), torch.empty_like(self.flat))
-        perturbed, gradient = self.perturbed[slot]
+        """Every member's gradients on the batch ``x, y`` at θ + scale·v (memexp.batched.memoryless.GradientAt;
+        θ: the column blocks ``params``), in the column blocks of gradient buffer ``slot``. The perturbed
+        weights and the gradients live in ``buffers``, made on the first call (no 3 fresh [M, N] tensors a step)."""
+        if slot not in buffers.perturbed:
+            buffers.perturbed[slot] = (torch.empty_like(self.flat), torch.empty_like(self.flat))
+        perturbed, gradient = buffers.perturbed[slot]
         pass_params, pass_gradients = self.pass_views(perturbed, gradient)
         gradient_blocks = self.blocks(gradient)
         with torch.no_grad():
-            for weight, param, vector in zip(self.blocks(perturbed), self.optimizer.params, vectors):
+            for weight, param, vector in zip(self.blocks(perturbed), params, vectors):
                 torch.addcmul(param, vector, scale, out=weight)
         after = RNGSnapshot([self.flat])
         replay.restore()
@@ -645,6 +697,7 @@ class Population:
     def log_step(self, step: int, batch_losses: list[float], progress: ProgressReporter) -> None:
         epoch = step / self.steps_per_epoch
         betas = self.member_beta_stats()
+        twins = self.twins.metrics(batch_losses) if self.twins is not None else None
         for index, member in enumerate(self.members):
             if not member.alive:
                 continue
@@ -652,6 +705,9 @@ class Population:
             logged = {"train/batch_loss": batch_losses[index], "lr": lr, "epoch": epoch}
             if betas is not None:  # as the single run logs adaptive memory's β_t at every log step
                 logged.update({f"optim/{key}": value for key, value in betas[index].items()})
+            if twins is not None:
+                member.last_twin = twins[index]
+                logged.update(member.last_twin)
             member.logger.log(logged, step)  # type: ignore[union-attr]
             if not math.isfinite(batch_losses[index]):
                 progress.message(
@@ -678,6 +734,7 @@ class Population:
             lr=self.member_lr(index),
             **member.last_eval,
             **member.last_geometry,
+            **member.last_twin,
         )
         if member.geometry is not None:
             member.summary["metrics_time_s"] = sum(member.geometry.seconds)
