@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -77,6 +78,8 @@ def time_population(configs: list, root: Path) -> float:
         members.append(Member(run_cfg=check_config(cfg), run_dir=run_dir, key=job_key(cfg), cfg=cfg))
     summaries = Population(members).train()
     assert all(s["status"] in ("finished", "diverged") for s in summaries), summaries
+    # A twin that diverged stops being stepped: its population would be timed doing less work.
+    assert all(math.isfinite(s.get("twin/distance", 0.0)) for s in summaries), "a twin diverged: lower the lrs"
     return time.perf_counter() - started
 
 
@@ -153,8 +156,9 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default="mlp,cnn,vit_tiny",
-        help="comma-separated subset of mlp, mlp_twin (optimizer=sgd_memoryless), cnn, vit_tiny, vit_2block "
-        "(experiment=lion_vs_adamw size=tiny's ViT)",
+        help="comma-separated subset of mlp, mlp_twin (optimizer=sgd_memoryless), mlp_twins_alongside "
+        "(trainer.twin and trainer.twin_uncorrected), cnn, vit_tiny, vit_2block (experiment=lion_vs_adamw "
+        "size=tiny's ViT)",
     )
     parser.add_argument("--cli", action="store_true", help="also time the memexp train -m command, basic vs batched")
     parser.add_argument("--rss-probe", choices=("single", "population"), help=argparse.SUPPRESS)
@@ -167,6 +171,9 @@ def main() -> None:
         "mlp": ["model=mlp"],  # the default run: 600 steps
         # The heavy-ball twin on the default MLP: one H·v per step (a second forward-backward).
         "mlp_twin": ["model=mlp", "optimizer=sgd_memoryless"],
+        # trainer.twin's twins alongside the default MLP run (heavy ball): the corrected twin (two
+        # forward-backwards a step) and the uncorrected copy (one), at lrs where neither diverges.
+        "mlp_twins_alongside": ["model=mlp", "trainer.twin=true", "trainer.twin_uncorrected=true"],
         "cnn": ["model=cnn", f"trainer.max_steps={args.cnn_steps}"],
         "vit_tiny": ["model=vit_tiny", f"trainer.max_steps={args.vit_steps}", f"trainer.eval_every={args.vit_steps}"],
         # The ViT of experiment=lion_vs_adamw size=tiny (and adamw_beta2): 2 blocks, 64 wide, AdamW,
@@ -183,7 +190,7 @@ def main() -> None:
             "trainer.warmup_steps=20",
         ],  # fmt: skip
     }
-    learning_rates = {"vit_2block": "1e-3,3e-3", "mlp_twin": "0.005,0.01"}
+    learning_rates = {"vit_2block": "1e-3,3e-3", "mlp_twin": "0.005,0.01", "mlp_twins_alongside": "0.002,0.005"}
     results: dict[str, dict[str, float | int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
