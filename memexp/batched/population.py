@@ -15,7 +15,8 @@ model's ``forward`` was the first general path: exact, but it moved the member d
 operation and ran attention member by member; each batched model now lays out its own population
 forward. Evaluation runs every member at once as well; logging,
 summaries and checkpoints are per member, in each member's run dir, with the same keys and statuses
-as memexp.train.train.
+as memexp.train.train. ``trainer.twin``'s twins are populations of their own, stepped after the
+members (memexp/batched/twin.py).
 
 Checkpoints: each member writes its own ``checkpoints/step_*.pt`` in its run dir (its parameters as
 an ordinary ``state_dict`` under ``model``, its optimizer buffers under ``population_optimizer``,
