@@ -68,6 +68,27 @@ def check_twin_state(state: dict[str, Any] | None, names: list[str]) -> None:
         )
 
 
+def twin_metrics(
+    suffix: str, distance: float, loss: float, norm: float, count: int, batch_loss: float | None, diverged: bool
+) -> tuple[dict[str, float], bool]:
+    """One twin copy's ``twin/*`` at a log step, and whether it has diverged: a twin whose distance or
+    loss is not finite has, and logs nan from then on. ``distance`` = ‖θ − θ̃‖, ``norm`` = ‖θ‖,
+    ``loss``: its mean batch loss over the ``count`` steps of the window; ``batch_loss``: the run's
+    over the same window (``twin/loss_diff``, the corrected twin's)."""
+    diverged = diverged or not (math.isfinite(distance) and math.isfinite(loss))
+    if diverged:
+        distance = loss = math.nan
+    out = {
+        f"twin/distance{suffix}": distance,
+        f"twin/rel_distance{suffix}": distance / norm if norm > 0 else math.nan,
+    }
+    if count > 0:
+        out[f"twin/loss{suffix}"] = loss
+        if batch_loss is not None and suffix == "":
+            out["twin/loss_diff"] = loss - batch_loss
+    return out, diverged
+
+
 def twin_config(optimizer_cfg: Any, correction: bool, hvp: str = "forward") -> Any:
     """The twin's config: the original's hyperparameters with the same names (the twins use their
     original's conventions: torch SGD's undampened buffer with lr h and momentum β, AdamW's and Lion's
@@ -175,15 +196,10 @@ class Twin:
         out: dict[str, float] = {}
         for index, twin in enumerate(self.copies):
             distance, loss = host[1 + 2 * index], host[2 + 2 * index]
-            twin.diverged = twin.diverged or not (math.isfinite(distance) and math.isfinite(loss))
-            if twin.diverged:
-                distance = loss = math.nan
-            out[f"twin/distance{twin.suffix}"] = distance
-            out[f"twin/rel_distance{twin.suffix}"] = distance / host[0] if host[0] > 0 else float("nan")
-            if self.count > 0:
-                out[f"twin/loss{twin.suffix}"] = loss
-                if batch_loss is not None and twin.suffix == "":
-                    out["twin/loss_diff"] = loss - batch_loss
+            values, twin.diverged = twin_metrics(
+                twin.suffix, distance, loss, host[0], self.count, batch_loss, twin.diverged
+            )
+            out.update(values)
         self.count = 0
         return out
 

@@ -31,6 +31,8 @@ from memexp.optim.memory import MemoryFamily, adam_lag, heavy_ball_coefficients,
 # (``vectors``: [M, n] column blocks, ``scale``: [M, 1]), clipped as the run's closure clips, as column
 # blocks of the population's buffer number ``slot`` (0 or 1: a central difference holds two at once).
 GradientAt = Callable[[list[Tensor], Tensor, int], list[Tensor]]
+# hessian_vector(vectors): every member's H·v for ``vectors`` ([M, n] column blocks) on the step's batch.
+HessianVector = Callable[[list[Tensor]], HessianVectorProducts]
 
 TWIN_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     "sgd_memoryless": ("lr", "momentum", "weight_decay", "correction_scale"),
@@ -127,7 +129,7 @@ def sgd_memoryless_step(
     grads: list[Tensor],
     decayed: int,
     h: dict[str, Tensor],
-    hessian_vector: Callable[[list[Tensor]], HessianVectorProducts] | None,
+    hessian_vector: HessianVector | None,
 ) -> None:
     """θ −= h·(s_n + h·scale·c_n·λ)·(g + λθ) + h·(h·scale·c_n)·H·(g + λθ) (MemorylessSGD._apply)."""
     directions = [g.addcmul(h["weight_decay"], p) if i < decayed else g for i, (p, g) in enumerate(zip(params, grads))]
@@ -143,7 +145,7 @@ def adamw_memoryless_step(
     grads: list[Tensor],
     decayed: int,
     h: dict[str, Tensor],
-    hessian_vector: Callable[[list[Tensor]], HessianVectorProducts] | None,
+    hessian_vector: HessianVector | None,
 ) -> None:
     """θ −= h²·scale·(H·w)/denom ⊙ [(A − B) + B·ε/denom] + h·w, w = g/denom + λθ, denom = |g| + ε
     (MemorylessAdamW._apply, the same in-place passes)."""
@@ -166,7 +168,7 @@ def lion_memoryless_step(
     grads: list[Tensor],
     decayed: int,
     h: dict[str, Tensor],
-    hessian_vector: Callable[[list[Tensor]], HessianVectorProducts] | None,
+    hessian_vector: HessianVector | None,
 ) -> None:
     """θ ← θ·(1 − h·λ) − h·sign(g + h·scale·(C_n/W_n)·H·(sign(g) + λθ)) (MemorylessLion._apply)."""
     vectors = [g.sign() for g in grads]

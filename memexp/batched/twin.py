@@ -10,7 +10,7 @@ hyperparameters (memexp.twin.twin_config). After the members' step, each copy ta
 members' batches at their lr, the random number generator rewound to where the members' step began
 (the same dropout masks), and left where the members' step left it.
 
-The ``twin/*`` values are the single run's (memexp.twin.Twin.metrics), per member: the distance
+The ``twin/*`` values are the single run's (memexp.twin.twin_metrics), per member: the distance
 ‖θ − θ̃‖ over the member's weights, over ‖θ‖, the twin's mean mini-batch loss over the log window
 and its difference to ``train/batch_loss``. A member's twin whose distance or loss is no longer
 finite has diverged: its row is no longer updated and it logs nan, as the single run's.
@@ -18,7 +18,6 @@ finite has diverged: its row is no longer updated and it logs nan, as the single
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from memexp.batched.optim import BatchedOptimizer, OptimizerOptions, member_hyperparameters
 from memexp.optim.closure_hvp import RNGSnapshot
-from memexp.twin import TWIN_STATE_NAMES, check_twin_state, twin_config
+from memexp.twin import TWIN_STATE_NAMES, check_twin_state, twin_config, twin_metrics
 
 if TYPE_CHECKING:
     from memexp.batched.population import Population, StepBuffers
@@ -104,19 +103,12 @@ class PopulationTwins:
         host = torch.stack([v.double() for v in values], dim=1).tolist()  # [M, 1 + 2 × copies]
         out: list[dict[str, float]] = [{} for _ in host]
         for index, row in enumerate(host):
-            norm = row[0]
             for position, twin in enumerate(self.copies):
                 distance, loss = row[1 + 2 * position], row[2 + 2 * position]
-                diverged = twin.diverged[index] or not (math.isfinite(distance) and math.isfinite(loss))
-                twin.diverged[index] = diverged
-                if diverged:
-                    distance = loss = math.nan
-                out[index][f"twin/distance{twin.suffix}"] = distance
-                out[index][f"twin/rel_distance{twin.suffix}"] = distance / norm if norm > 0 else math.nan
-                if self.count > 0:
-                    out[index][f"twin/loss{twin.suffix}"] = loss
-                    if twin.suffix == "":
-                        out[index]["twin/loss_diff"] = loss - batch_losses[index]
+                values, twin.diverged[index] = twin_metrics(
+                    twin.suffix, distance, loss, row[0], self.count, batch_losses[index], twin.diverged[index]
+                )
+                out[index].update(values)
         self.count = 0
         return out
 
