@@ -68,6 +68,12 @@ def check_twin_state(state: dict[str, Any] | None, names: list[str]) -> None:
         )
 
 
+def twin_copies(trainer: TrainerConfig) -> list[tuple[str, bool]]:
+    """The twin copies a run trains alongside, as (metrics suffix, correction on): the corrected twin,
+    and with ``trainer.twin_uncorrected`` the plain memoryless copy."""
+    return [("", True)] + ([("_uncorrected", False)] if trainer.twin_uncorrected else [])
+
+
 def twin_metrics(
     suffix: str, distance: float, loss: float, norm: float, count: int, batch_loss: float | None, diverged: bool
 ) -> tuple[dict[str, float], bool]:
@@ -142,7 +148,7 @@ class Twin:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.count = 0  # steps since the last log step
         self.copies: list[TwinCopy] = []
-        for suffix, correction in [("", True)] + ([("_uncorrected", False)] if trainer.twin_uncorrected else []):
+        for suffix, correction in twin_copies(trainer):
             cfg = twin_config(optimizer_cfg, correction, trainer.twin_hvp)
             twin_model = copy.deepcopy(model)  # the same initial weights (and buffers)
             groups = param_groups_weight_decay(twin_model, cfg.weight_decay, cfg.no_decay)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from memexp.batched.optim import BatchedOptimizer, OptimizerOptions, member_hyperparameters
 from memexp.optim.closure_hvp import RNGSnapshot
-from memexp.twin import TWIN_STATE_NAMES, check_twin_state, twin_config, twin_metrics
+from memexp.twin import TWIN_STATE_NAMES, check_twin_state, twin_config, twin_copies, twin_metrics
 
 if TYPE_CHECKING:
     from memexp.batched.population import Population, StepBuffers
@@ -61,7 +61,7 @@ class PopulationTwins:
         self.count = 0  # steps since the last log step
         self.copies: list[TwinRows] = []
         members = len(population.members)
-        for suffix, correction in [("", True)] + ([("_uncorrected", False)] if trainer.twin_uncorrected else []):
+        for suffix, correction in twin_copies(trainer):
             cfgs = [twin_config(m.run_cfg.optimizer, correction, trainer.twin_hvp) for m in population.members]
             flat = population.flat.detach().clone()  # the members' initial weights
             optimizer = BatchedOptimizer(
@@ -92,7 +92,7 @@ class PopulationTwins:
 
     @torch.no_grad()
     def metrics(self, batch_losses: list[float]) -> list[dict[str, float]]:
-        """Every member's ``twin/*`` now (memexp.twin.Twin.metrics's keys and rules); the loss
+        """Every member's ``twin/*`` now (memexp.twin.twin_metrics, per member and copy); the loss
         window restarts. ``batch_losses``: the members' ``train/batch_loss`` over the same window."""
         flat = self.population.flat.detach()
         values = [torch.linalg.vector_norm(flat, dim=1)]
@@ -105,10 +105,10 @@ class PopulationTwins:
         for index, row in enumerate(host):
             for position, twin in enumerate(self.copies):
                 distance, loss = row[1 + 2 * position], row[2 + 2 * position]
-                values, twin.diverged[index] = twin_metrics(
+                logged, twin.diverged[index] = twin_metrics(
                     twin.suffix, distance, loss, row[0], self.count, batch_losses[index], twin.diverged[index]
                 )
-                out[index].update(values)
+                out[index].update(logged)
         self.count = 0
         return out
 
